@@ -1,0 +1,140 @@
+"""The `lightnas` command line. Thin: parse, call the runner, print.
+
+User errors (`LightNASError`) print one message and exit with code 2; bugs keep their traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# MXNet reads OMP_NUM_THREADS when it is imported: set it before anything imports mxnet.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+import functools  # noqa: E402
+from enum import Enum  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from lightnas_cli.errors import LightNASError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Hardware-aware neural architecture search on MXNet/Gluon.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
+app.add_typer(config_app, name="config")
+
+_err = Console(stderr=True)
+_out = Console()
+
+
+def _check_python() -> None:
+    if sys.version_info[:2] != (3, 11):
+        _err.print(f"error: LightNAS needs Python 3.11 (mxnet 1.9.1 does not run on "
+                   f"{sys.version.split()[0]}); run `bash shell_scripts/setup.sh`, which creates "
+                   f"a Python 3.11 virtual environment in .venv", markup=False)
+        raise typer.Exit(2)
+
+
+def user_errors(func):
+    """Print LightNASError as `error: ...` and exit 2; Ctrl-C exits 130."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        _check_python()
+        try:
+            return func(*args, **kwargs)
+        except LightNASError as exc:
+            _err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            raise typer.Exit(130)
+    return wrapper
+
+
+@app.command()
+@user_errors
+def search(config: Path = typer.Option(..., "-c", "--config", help="YAML config file."),
+           overrides: Optional[List[str]] = typer.Argument(
+               None, help="Dotlist overrides, e.g. train.epochs=3 run.name=try1")) -> None:
+    """Start a new search run from a config file (plus key=value overrides)."""
+    from lightnas_cli import runner
+    run = runner.start_search(str(config), overrides or [])
+    _out.print(f"finished: {run.path}", markup=False)
+
+
+@app.command()
+@user_errors
+def resume(run: str = typer.Argument(..., help="Run name (under trainings/) or run folder."),
+           epochs: Optional[int] = typer.Option(None, "--epochs",
+                                                help="New total number of epochs."),
+           root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
+    """Continue a run from its last complete checkpoint."""
+    from lightnas_cli import runner
+    result = runner.resume_search(run, epochs, root)
+    _out.print(f"finished: {result.path}", markup=False)
+
+
+class ExportKind(str, Enum):
+    inference_only = "inference_only"
+    trainable = "trainable"
+    both = "both"
+
+
+@app.command()
+@user_errors
+def export(run: str = typer.Argument(..., help="Run name (under trainings/) or run folder."),
+           epoch: str = typer.Option("latest", "--epoch", help="Epoch number, latest or best."),
+           kind: ExportKind = typer.Option(ExportKind.both, "--kind", help="What to export."),
+           out: Optional[Path] = typer.Option(None, "--out",
+                                              help="Folder (default: the run's exported_models/)."),
+           root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
+    """Export the derived architecture of a checkpoint as symbol JSON + params."""
+    from lightnas_cli import runner
+    kinds = ("inference_only", "trainable") if kind == ExportKind.both else (kind.value,)
+    written = runner.export_run(run, epoch, kinds, out, root)
+    for name, paths in written.items():
+        _out.print(f"{name}: {paths['symbol']}  {paths['params']}", markup=False)
+
+
+@app.command()
+@user_errors
+def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
+    """List runs: name, method, model, data set, status, epochs, best accuracy, cost."""
+    from lightnas_cli.runs import list_runs
+    found = list_runs(root)
+    if not found:
+        _out.print(f"no runs under {root}", markup=False)
+        return
+    table = Table(box=None)
+    for column in ("name", "method", "model", "dataset", "status", "epochs", "best val acc",
+                   "cost"):
+        table.add_column(column)
+    for run in found:
+        status = run.read_status()
+        accuracy = status.get("best_val_accuracy")
+        cost = status.get("cost")
+        table.add_row(run.name, str(status.get("method", "?")), str(status.get("model", "?")),
+                      str(status.get("dataset", "?")), run.effective_status(),
+                      f"{status.get('epoch', 0)}/{status.get('epochs', '?')}",
+                      "-" if accuracy is None else f"{accuracy:.4f}",
+                      "-" if cost is None else f"{cost:.4g} ({status.get('cost_name', '')})")
+    _out.print(table)
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: Path = typer.Option(..., "-c", "--config", help="YAML config file."),
+                overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides")) -> None:
+    """Print the resolved config (file + schema defaults + overrides)."""
+    from lightnas_cli.config import load_config, to_yaml
+    _out.print(to_yaml(load_config(str(config), overrides or [])), markup=False, end="")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

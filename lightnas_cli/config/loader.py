@@ -1,0 +1,153 @@
+"""Load, merge, override, validate and save configs.
+
+YAML is read with `yaml.safe_load` only (the original used an unsafe loader). The file is merged
+onto the method's structured schema, then dotlist overrides on top; OmegaConf rejects unknown
+keys and wrong types, and we turn its errors into one-line `ConfigError`s that name the key and
+suggest the closest valid one.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+                              OmegaConfBaseException, ValidationError)
+
+from lightnas_cli.config.schema import SCHEMAS
+from lightnas_cli.errors import ConfigError
+
+# Allowed values of string options, checked after merging so typos fail before any work.
+CHOICES: dict[str, Sequence[str]] = {
+    "train.optimizer": ("sgd", "nag", "adam"),
+    "train.lr_schedule": ("constant", "cosine"),
+    "model.stem": ("thumbnail", "imagenet"),
+    "model.weight_scaling": ("none", "mean"),
+    "enas.cost": ("params", "binary_memory", "macs"),
+}
+
+
+def _schema_for(method: Any, source: str) -> type:
+    if method is None:
+        method = "enas"
+    if not isinstance(method, str) or method not in SCHEMAS:
+        close = difflib.get_close_matches(str(method), SCHEMAS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{source}: unknown method {method!r}; available: "
+                          f"{sorted(SCHEMAS)}.{hint}")
+    return SCHEMAS[method]
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file with "
+                          f"-c (examples are in configs/, e.g. configs/demo.yml)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def _keys_at(schema_cfg: DictConfig, dotted_parent: str) -> list[str]:
+    node = OmegaConf.select(schema_cfg, dotted_parent) if dotted_parent else schema_cfg
+    if isinstance(node, DictConfig):
+        return [str(k) for k in node.keys()]
+    return []
+
+
+def _friendly(exc: OmegaConfBaseException, schema_cfg: DictConfig, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        parent, _, leaf = key.rpartition(".")
+        valid = _keys_at(schema_cfg, parent)
+        close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
+        hint = f" Did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+        where = f"in section '{parent}'" if parent else "at the top level"
+        return ConfigError(f"{source}: unknown config key '{key}'.{hint} Valid keys {where}: "
+                           f"{', '.join(valid)}")
+    if isinstance(exc, ValidationError):
+        msg = str(exc).splitlines()[0]
+        return ConfigError(f"{source}: wrong type for '{key}': {msg}; fix the value in the "
+                           f"file or override it as {key}=...")
+    if isinstance(exc, MissingMandatoryValue):
+        return ConfigError(f"{source}: '{key}' is required; set it in the file or as {key}=...")
+    return ConfigError(f"{source}: {str(exc).splitlines()[0]}")
+
+
+def _check_choices(cfg: DictConfig, source: str) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: '{key}' is {value!r}; allowed: "
+                              f"{', '.join(allowed)}.{hint}")
+    positive = ["train.epochs", "train.batch_size", "checkpoint.keep"]
+    for key in positive:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{source}: '{key}' must be at least 1, got {value}")
+    split = OmegaConf.select(cfg, "data.eval_split_percentage")
+    if split is not None and not 0 <= split < 100:
+        raise ConfigError(f"{source}: 'data.eval_split_percentage' must be in [0, 100), "
+                          f"got {split}")
+    if not cfg.train.contexts:
+        raise ConfigError(f"{source}: 'train.contexts' must name at least one device, e.g. [cpu]")
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved, validated config of a file plus dotlist overrides (`train.epochs=3`)."""
+    source = str(path) if path else "config"
+    file_data = _read_yaml(Path(path)) if path else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value "
+                              f"(e.g. train.epochs=3)")
+    try:
+        override_cfg = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"overrides: {str(exc).splitlines()[0]}") from None
+    method = OmegaConf.select(override_cfg, "method", default=file_data.get("method"))
+    schema = OmegaConf.structured(_schema_for(method, source))
+    try:
+        cfg = OmegaConf.merge(schema, file_data)
+    except OmegaConfBaseException as exc:
+        raise _friendly(exc, schema, source) from None
+    try:
+        cfg = OmegaConf.merge(cfg, override_cfg)
+    except OmegaConfBaseException as exc:
+        raise _friendly(exc, schema, "overrides") from None
+    try:
+        OmegaConf.to_container(cfg, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise _friendly(exc, schema, source) from None
+    _check_choices(cfg, source)
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(to_yaml(cfg), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_saved_config(path: Path) -> DictConfig:
+    """Re-load a run's config.yaml (what resume and export use)."""
+    return load_config(path)

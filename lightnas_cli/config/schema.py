@@ -1,0 +1,151 @@
+"""Typed config schemas. Every key is documented here; this file is the config reference.
+
+The sections shared by all methods live in `BaseConfig`; each method adds its own sections in
+a subclass registered in `SCHEMAS` under the value of the top-level `method` key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class RunConfig:
+    # Run folder name under `root`. Default: <model>_<dataset>_<YYYYmmdd-HHMMSS>.
+    name: Optional[str] = None
+    # Folder that holds run folders.
+    root: str = "trainings"
+
+
+@dataclass
+class MockDataConfig:
+    # Synthetic, class-separable images: one fixed random prototype per class plus noise.
+    num_classes: int = 10
+    # Input shape as [channels, height, width] (or [channels, length] for 1-D models).
+    shape: List[int] = field(default_factory=lambda: [3, 32, 32])
+    num_train: int = 512
+    num_test: int = 128
+    # Standard deviation of the per-sample noise relative to the prototypes (higher = harder).
+    noise: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    # Data set: mock | digits | cifar10 | cifar100.
+    name: str = "mock"
+    # Folder with the data files (cifar10/cifar100: the standard *binary* release files).
+    dir: Optional[str] = None
+    # Percentage of the training set held out as the validation split (controller rewards,
+    # validation metrics). 0 uses the test split for validation.
+    eval_split_percentage: float = 20.0
+    # Resize images to this side length (digits: 8 -> e.g. 32). null keeps the native size.
+    image_size: Optional[int] = None
+    # Random crop (4-pixel zero padding) and horizontal flip on training batches.
+    augment: bool = False
+    # Horizontal flip is part of augmentation unless this is false (digits should not flip).
+    flip: bool = True
+    # Background threads that prepare batches ahead (0 = prepare in the training thread).
+    num_workers: int = 0
+    # Use only the first N training samples (after the validation split); null = all.
+    limit_train: Optional[int] = None
+    mock: MockDataConfig = field(default_factory=MockDataConfig)
+
+
+@dataclass
+class ModelConfig:
+    # Base model from the zoo (`bmxnet_models.get_model`): resnet_e18 | resnet_e34.
+    name: str = "resnet_e18"
+    # Initial layers: thumbnail (3x3 conv, for small images) | imagenet (7x7/2 conv + max-pool).
+    stem: str = "thumbnail"
+    # Width of the first stage (ResNet-E: 64 in the paper); smaller values make tiny test nets.
+    base_channels: int = 64
+    # Gradient cancelling of the straight-through sign: gradient is zero where |x| > clip.
+    grad_cancel: float = 1.0
+    # Scale binary weights per output channel: none | mean (mean |W|, as in XNOR-Net).
+    weight_scaling: str = "none"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    # Devices, data-parallel: [cpu] | [cpu:0, cpu:1] | [gpu:0, gpu:1] ...
+    contexts: List[str] = field(default_factory=lambda: ["cpu"])
+    # Optimizer of the network weights: sgd | nag | adam.
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    # Learning-rate schedule over all epochs: constant | cosine.
+    lr_schedule: str = "cosine"
+    # Hybridize (cache graphs of) every block that holds no searchable choice.
+    hybridize: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    # Complete checkpoints to keep (newest first); the best epoch's is kept in addition.
+    keep: int = 3
+
+
+@dataclass
+class ExportConfig:
+    # Export the derived architecture after every epoch (always done at the end).
+    every_epoch: bool = False
+    # File prefix of exported models; null uses the base model name.
+    name: Optional[str] = None
+
+
+@dataclass
+class BaseConfig:
+    # Search method: enas (more to come: fbnet, pit, dmasking).
+    method: str = "enas"
+    # One seed for everything; each epoch re-seeds from (seed, epoch) so resume is exact.
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+@dataclass
+class EnasConfig:
+    # Cost of an architecture in the reward: params | binary_memory | macs.
+    cost: str = "binary_memory"
+    # Exponent w in reward = accuracy * (cost_target / cost) ** w; 0 turns the cost off.
+    cost_weight: float = 0.0
+    # null: halfway between the cheapest and the most expensive architecture of the space.
+    cost_target: Optional[float] = None
+    # true: train the weights for the whole epoch first, then run all controller updates
+    # (controller.steps_after_epoch of them); false: interleave (every controller.update_every).
+    only_post_training_eval: bool = False
+
+
+@dataclass
+class ControllerConfig:
+    # LSTM controller (Pham et al., ENAS, 2018): embedding and hidden size.
+    hidden_size: int = 100
+    # Architectures sampled per controller update; the policy gradient sums over all of them.
+    batch_size: int = 8
+    # Training steps of the supernet between controller updates (interleaved mode).
+    update_every: int = 20
+    # Controller updates after the epoch when enas.only_post_training_eval is true.
+    steps_after_epoch: int = 10
+    lr: float = 3e-3
+    # logits = tanh_constant * tanh(logits / temperature); null disables either.
+    temperature: Optional[float] = 5.0
+    tanh_constant: Optional[float] = 2.5
+    entropy_weight: float = 1e-4
+    # Exponential moving average of the reward used as the REINFORCE baseline.
+    baseline_decay: float = 0.95
+
+
+@dataclass
+class EnasSearchConfig(BaseConfig):
+    enas: EnasConfig = field(default_factory=EnasConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+
+SCHEMAS: dict[str, type] = {"enas": EnasSearchConfig}

@@ -1,0 +1,160 @@
+"""In-memory batch loader with exactly reproducible shuffling and augmentation.
+
+Every random draw of an epoch comes from a `np.random.RandomState` seeded from
+`(seed, epoch)` (the shuffle order) or `(seed, epoch, batch index)` (the augmentation of one
+batch). Nothing depends on global random state, on how many epochs ran before in the process,
+or on the number of worker threads, so a run resumed at epoch k sees the very batches the
+uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
+
+import mxnet as mx
+import numpy as np
+from mxnet.ndarray.ndarray import array as dense_array  # mx.nd.array warns per call (scipy check)
+
+from lightnas_cli.data.transforms import random_crop_flip
+
+# Stream tags keep the derived seeds of different uses apart.
+TAG_SHUFFLE = 1
+TAG_AUGMENT = 2
+TAG_SPLIT = 3
+TAG_MOCK = 4
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed from any integers (negative or huge ones too), stable across processes.
+
+    A hash of the fixed-width encoding of each part, so (1, 23) and (12, 3) never collide the
+    way string joins or `SeedSequence` zero padding can.
+    """
+    digest = hashlib.blake2b(digest_size=4)
+    for part in parts:
+        digest.update(int(part).to_bytes(16, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little")
+
+
+class ArrayLoader:
+    """Batches of an in-memory float32 array as `(data, label)` `mx.nd.NDArray` pairs on cpu.
+
+    `last_batch` is "keep" (a smaller final batch) or "discard". Labels are float32, as Gluon
+    losses expect. Call `set_epoch(seed, epoch)` before iterating each epoch; iterating twice
+    without it repeats the same epoch.
+    """
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        label: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        last_batch: str = "keep",
+        augment: bool = False,
+        flip: bool = True,
+        pad: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if len(data) != len(label):
+            raise ValueError(f"data has {len(data)} samples but label has {len(label)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if last_batch not in ("keep", "discard"):
+            raise ValueError(f"last_batch must be 'keep' or 'discard', got {last_batch!r}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.label = np.asarray(label, dtype=np.float32)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.last_batch = last_batch
+        self.augment = bool(augment)
+        self.flip = bool(flip)
+        self.pad = int(pad)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in this split (including those a discarded last batch leaves out)."""
+        return len(self.data)
+
+    def __len__(self) -> int:
+        """Number of batches one iteration yields."""
+        if self.last_batch == "discard":
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Select the shuffle order and augmentation of `epoch` (a pure function of both)."""
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+
+    def order(self) -> np.ndarray:
+        """Sample indices of the current epoch, in the order batches take them."""
+        if not self.shuffle:
+            return np.arange(self.num_samples)
+        rng = np.random.RandomState(derive_seed(TAG_SHUFFLE, self.seed, self.epoch))
+        return rng.permutation(self.num_samples)
+
+    def batch_numpy(self, order: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch `index` of `order` as numpy arrays, augmented as in the current epoch."""
+        return self._batch(order, index, self.seed, self.epoch)
+
+    def _batch(
+        self, order: np.ndarray, index: int, seed: int, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # A pure function of its arguments: safe to run in any thread, in any order.
+        take = order[index * self.batch_size : (index + 1) * self.batch_size]
+        data = self.data[take]
+        if self.augment:
+            rng = np.random.RandomState(derive_seed(TAG_AUGMENT, seed, epoch, index))
+            data = random_crop_flip(data, rng, pad=self.pad, flip=self.flip)
+        return np.ascontiguousarray(data, dtype=np.float32), self.label[take]
+
+    @staticmethod
+    def _to_nd(batch: tuple[np.ndarray, np.ndarray]) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
+        data, label = batch
+        return (
+            dense_array(data, ctx=mx.cpu(), dtype=np.float32),
+            dense_array(label, ctx=mx.cpu(), dtype=np.float32),
+        )
+
+    def __iter__(self) -> Iterator[tuple[mx.nd.NDArray, mx.nd.NDArray]]:
+        # Capture the epoch now: a later set_epoch must not change batches already under way.
+        seed, epoch = self.seed, self.epoch
+        order = self.order()
+        count = len(self)
+        if self.num_workers == 0:
+            for index in range(count):
+                yield self._to_nd(self._batch(order, index, seed, epoch))
+            return
+        # Workers build numpy batches only; NDArrays are made in the consuming thread.
+        executor = ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="lightnas-data")
+        pending: deque[Future] = deque()
+        try:
+            submitted = 0
+            while submitted < min(self.num_workers, count):
+                pending.append(executor.submit(self._batch, order, submitted, seed, epoch))
+                submitted += 1
+            while pending:
+                batch = pending.popleft().result()
+                if submitted < count:
+                    pending.append(executor.submit(self._batch, order, submitted, seed, epoch))
+                    submitted += 1
+                yield self._to_nd(batch)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayLoader(samples={self.num_samples}, shape={self.data.shape[1:]}, "
+            f"batch_size={self.batch_size}, batches={len(self)}, shuffle={self.shuffle}, "
+            f"augment={self.augment}, last_batch={self.last_batch!r}, num_workers={self.num_workers})"
+        )

@@ -1,0 +1,174 @@
+"""The SearchMethod interface, the Architecture record and the method registry.
+
+The runner, the CLI, checkpoints, export and graphs only talk to this interface, so they never
+branch on the method name (see ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from mxnet import gluon
+
+from lightnas_cli.errors import ArchitectureError, ConfigError
+
+ARCHITECTURE_FORMAT = 1
+
+
+@dataclass
+class Decision:
+    """One searchable choice and the value taken.
+
+    `kind` tells graphs how to colour the block: "binary", "float", "skip", "keep" or "other".
+    `cost` is the cost of this block under the chosen value (same unit as Architecture.costs).
+    """
+
+    name: str
+    choice: str
+    value: Any
+    options: list
+    kind: str = "other"
+    cost: dict = field(default_factory=dict)
+    probabilities: list | None = None
+
+
+@dataclass
+class Architecture:
+    """The currency between search, export, graphs and summaries: small, stable JSON."""
+
+    method: str
+    base_model: str
+    model_options: dict
+    input_shape: list[int]
+    classes: int
+    decisions: list[Decision]
+    costs: dict = field(default_factory=dict)
+    format: int = ARCHITECTURE_FORMAT
+
+    def values(self) -> list[dict]:
+        """Per searchable unit, the dict of its choice values, in model order."""
+        units: list[dict] = []
+        index: dict[str, int] = {}
+        for decision in self.decisions:
+            if decision.name not in index:
+                index[decision.name] = len(units)
+                units.append({})
+            units[index[decision.name]][decision.choice] = decision.value
+        return units
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "architecture") -> "Architecture":
+        """Parse and validate; a malformed record raises ArchitectureError naming the field."""
+        if not isinstance(data, dict):
+            raise ArchitectureError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        required = ["method", "base_model", "input_shape", "classes", "decisions"]
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ArchitectureError(f"{source}: missing field(s) {missing}; an architecture "
+                                    f"needs {required}")
+        if not isinstance(data["decisions"], list):
+            raise ArchitectureError(f"{source}: 'decisions' must be a list")
+        decisions = []
+        for position, item in enumerate(data["decisions"]):
+            if not isinstance(item, dict) or not {"name", "choice", "value"} <= set(item):
+                raise ArchitectureError(f"{source}: decision #{position} must be an object with "
+                                        f"'name', 'choice' and 'value', got {item!r}")
+            options = item.get("options", [item["value"]])
+            if item["value"] not in options:
+                raise ArchitectureError(f"{source}: decision #{position} ({item['name']}) has "
+                                        f"value {item['value']!r}, not one of {options}")
+            decisions.append(Decision(name=item["name"], choice=item["choice"],
+                                      value=item["value"], options=list(options),
+                                      kind=item.get("kind", "other"),
+                                      cost=dict(item.get("cost", {})),
+                                      probabilities=item.get("probabilities")))
+        try:
+            input_shape = [int(v) for v in data["input_shape"]]
+            classes = int(data["classes"])
+        except (TypeError, ValueError):
+            raise ArchitectureError(f"{source}: input_shape must be a list of integers and "
+                                    f"classes an integer") from None
+        return cls(method=str(data["method"]), base_model=str(data["base_model"]),
+                   model_options=dict(data.get("model_options", {})), input_shape=input_shape,
+                   classes=classes, decisions=decisions, costs=dict(data.get("costs", {})),
+                   format=int(data.get("format", ARCHITECTURE_FORMAT)))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "architecture") -> "Architecture":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArchitectureError(f"{source}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, source)
+
+
+class SearchMethod(abc.ABC):
+    """What every search backend implements. Built from (config, data, contexts, logger)."""
+
+    name: str = ""
+
+    def __init__(self, config: Any, data: Any, contexts: list, logger: Any):
+        self.config = config
+        self.data = data
+        self.contexts = contexts
+        self.logger = logger
+
+    @abc.abstractmethod
+    def train_epoch(self, epoch: int) -> dict:
+        """Train weights (and architecture parameters) for one epoch; return metrics."""
+
+    @abc.abstractmethod
+    def evaluate(self, split: str) -> dict:
+        """Metrics of the current derived architecture on a data split ("val" or "test")."""
+
+    @abc.abstractmethod
+    def derive(self) -> Architecture:
+        """The current best discrete architecture, with its costs."""
+
+    @abc.abstractmethod
+    def build(self, architecture: Architecture) -> gluon.HybridBlock:
+        """A plain, initialised Gluon network for the architecture, weights from the search."""
+
+    @abc.abstractmethod
+    def state(self) -> tuple[dict, dict]:
+        """(arrays, json_state): NDArrays by name, and a JSON-serialisable dict. No pickle."""
+
+    @abc.abstractmethod
+    def load_state(self, arrays: dict, json_state: dict) -> None:
+        """Restore exactly what `state` returned."""
+
+
+_REGISTRY: dict[str, Callable[..., SearchMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return decorate
+
+
+def get_method(name: str) -> Callable[..., SearchMethod]:
+    _load_builtin_methods()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown search method {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def available_methods() -> list[str]:
+    _load_builtin_methods()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin_methods() -> None:
+    # Imported lazily so that `lightnas config show` does not pay for MXNet model code.
+    from lightnas_cli.search import enas  # noqa: F401
