@@ -107,10 +107,10 @@ def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of 
     if not found:
         _out.print(f"no runs under {root}", markup=False)
         return
-    table = Table(box=None)
+    table = Table(box=None, pad_edge=False)
     for column in ("name", "method", "model", "dataset", "status", "epochs", "best val acc",
                    "cost"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for run in found:
         status = run.read_status()
         accuracy = status.get("best_val_accuracy")
@@ -119,8 +119,10 @@ def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of 
                       str(status.get("dataset", "?")), run.effective_status(),
                       f"{status.get('epoch', 0)}/{status.get('epochs', '?')}",
                       "-" if accuracy is None else f"{accuracy:.4f}",
-                      "-" if cost is None else f"{cost:.4g} ({status.get('cost_name', '')})")
-    _out.print(table)
+                      "-" if cost is None else f"{cost:.4g} {status.get('cost_name', '')}")
+    # Full rows when piped (no terminal width to fit): scripts and logs read every column.
+    console = _out if _out.is_terminal else Console(width=250)
+    console.print(table)
 
 
 @config_app.command("show")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lightnas_cli import checkpoint, config as config_mod, data as data_mod, viz
 from lightnas_cli.devices import parse_contexts
@@ -174,7 +174,8 @@ def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: i
     run.update_status(epoch=epoch, best_epoch=best["epoch"] if best else None,
                       best_val_accuracy=best.get("val_accuracy") if best else None,
                       cost=record["cost"], cost_name=architecture.costs.get("cost_name"))
-    logger.epoch_summary(epoch, cfg.train.epochs, record, record["seconds"])
+    shown = {k: v for k, v in record.items() if k not in ("epoch", "seconds", "controller_loss")}
+    logger.epoch_summary(epoch, cfg.train.epochs, shown, record["seconds"])
     logger.flush()
     return record
 
@@ -227,6 +228,3 @@ def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("i
         return export_architecture(method, architecture, Path(out) if out else run.exported,
                                    export_name(cfg), ckpt.epoch, tuple(kinds))
 
-
-def config_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

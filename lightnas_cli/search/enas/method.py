@@ -93,11 +93,10 @@ class EnasSearch(SearchMethod):
         self.input_shape = [int(v) for v in spec.shape]
         self.classes = int(spec.classes)
         self.model_name = config.model.name
-        self.model_options = {"stem": config.model.stem,
-                              "base_channels": int(config.model.base_channels),
-                              "grad_cancel": float(config.model.grad_cancel),
-                              "weight_scaling": config.model.weight_scaling,
-                              "in_channels": self.input_shape[0]}
+        # Every model.* key except the name is a constructor option of the zoo model.
+        self.model_options = {k: v for k, v in OmegaConf.to_container(config.model).items()
+                              if k != "name"}
+        self.model_options["in_channels"] = self.input_shape[0]
         seed_everything(config.seed, "init")
         self.supernet = bmxnet_models.get_model(self.model_name, classes=self.classes, enas=True,
                                                 **self.model_options)
@@ -313,7 +312,9 @@ class EnasSearch(SearchMethod):
                                     f"{len(self.units)}")
         previous = [unit._active for unit in self.units]
         with fixed_choices(values):
+            # A fixed prefix keeps exported parameter names the same from build to build.
             net = bmxnet_models.get_model(self.model_name, classes=self.classes, enas=True,
+                                          prefix=f"{self.model_name}_",
                                           **architecture.model_options)
         net.initialize(ctx=mx.cpu())
         net(nd.zeros((1, *self.input_shape)))
@@ -361,6 +362,3 @@ class EnasSearch(SearchMethod):
         self.reinforce.baseline = json_state["baseline"]
         self.global_step = int(json_state["global_step"])
 
-
-def config_summary(config) -> dict:
-    return OmegaConf.to_container(config, resolve=True)
