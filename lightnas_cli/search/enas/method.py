@@ -226,12 +226,20 @@ class EnasSearch(SearchMethod):
         loss_sum, correct, seen = 0.0, 0, 0
         controller_stats: list[dict] = []
         interleave = not config.enas.only_post_training_eval
+        # The policy only changes at controller updates, so the paths for all steps up to
+        # the next update are sampled in one batched controller call (same distribution,
+        # one LSTM pass instead of one per step).
+        period = config.controller.update_every if interleave else steps
+        planned: list = []
         with self.logger.epoch_progress(epoch, config.train.epochs, steps,
                                         config.train.batch_size) as progress:
             for index, (data, label) in enumerate(loader):
                 lr = learning_rate(config, self.global_step, total_steps)
                 self.trainer.set_learning_rate(lr)
-                self._select(self.controller.run(1, rng=rng).actions[0])
+                if not planned:
+                    ahead = min(period - index % period, steps - index)
+                    planned = list(self.controller.run(ahead, rng=rng).actions)
+                self._select(planned.pop(0))
                 xs = gluon.utils.split_and_load(data, self.contexts, even_split=False)
                 ys = gluon.utils.split_and_load(label, self.contexts, even_split=False)
                 with autograd.record():
