@@ -27,7 +27,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
 
 _err = Console(stderr=True)
-_out = Console()
+_out = Console(soft_wrap=True)
 
 
 def _check_python() -> None:

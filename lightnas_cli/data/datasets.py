@@ -73,7 +73,7 @@ def _read_mock(cfg: Any, seed: int) -> RawSplits:
     are at least as many samples as classes.
     """
     shape, classes, num_train, num_test, noise = _mock_cfg(cfg)
-    rng = np.random.RandomState(derive_seed(TAG_MOCK, seed))
+    rng = np.random.RandomState(derive_seed(seed, TAG_MOCK))
     prototypes = rng.standard_normal((classes, *shape)).astype(np.float32)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:

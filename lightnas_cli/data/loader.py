@@ -8,7 +8,6 @@ uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
@@ -18,24 +17,13 @@ import numpy as np
 from mxnet.ndarray.ndarray import array as dense_array  # mx.nd.array warns per call (scipy check)
 
 from lightnas_cli.data.transforms import random_crop_flip
+from lightnas_cli.seeding import derive_seed
 
 # Stream tags keep the derived seeds of different uses apart.
-TAG_SHUFFLE = 1
-TAG_AUGMENT = 2
-TAG_SPLIT = 3
-TAG_MOCK = 4
-
-
-def derive_seed(*parts: int) -> int:
-    """A 32-bit seed from any integers (negative or huge ones too), stable across processes.
-
-    A hash of the fixed-width encoding of each part, so (1, 23) and (12, 3) never collide the
-    way string joins or `SeedSequence` zero padding can.
-    """
-    digest = hashlib.blake2b(digest_size=4)
-    for part in parts:
-        digest.update(int(part).to_bytes(16, "little", signed=True))
-    return int.from_bytes(digest.digest(), "little")
+TAG_SHUFFLE = "shuffle"
+TAG_AUGMENT = "augment"
+TAG_SPLIT = "split"
+TAG_MOCK = "mock"
 
 
 class ArrayLoader:
@@ -100,7 +88,7 @@ class ArrayLoader:
         """Sample indices of the current epoch, in the order batches take them."""
         if not self.shuffle:
             return np.arange(self.num_samples)
-        rng = np.random.RandomState(derive_seed(TAG_SHUFFLE, self.seed, self.epoch))
+        rng = np.random.RandomState(derive_seed(self.seed, TAG_SHUFFLE, self.epoch))
         return rng.permutation(self.num_samples)
 
     def batch_numpy(self, order: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +102,7 @@ class ArrayLoader:
         take = order[index * self.batch_size : (index + 1) * self.batch_size]
         data = self.data[take]
         if self.augment:
-            rng = np.random.RandomState(derive_seed(TAG_AUGMENT, seed, epoch, index))
+            rng = np.random.RandomState(derive_seed(seed, TAG_AUGMENT, epoch, index))
             data = random_crop_flip(data, rng, pad=self.pad, flip=self.flip)
         return np.ascontiguousarray(data, dtype=np.float32), self.label[take]
 

@@ -131,7 +131,7 @@ def split_indices(n: int, percentage: float, seed: int) -> tuple[np.ndarray, np.
             f"The training set has {n} sample(s): too few to hold out a validation split. "
             f"Set data.eval_split_percentage=0 to validate on the test split."
         )
-    perm = np.random.RandomState(derive_seed(TAG_SPLIT, seed)).permutation(n)
+    perm = np.random.RandomState(derive_seed(seed, TAG_SPLIT)).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
