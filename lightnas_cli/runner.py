@@ -106,10 +106,6 @@ def _tag(key: str) -> str:
     return "search/" + key
 
 
-class _Terminate(Exception):
-    pass
-
-
 def _run_loop(run: RunDir, cfg: DictConfig, data, resume: bool, logger_factory) -> None:
     seed_everything(cfg.seed, "setup")
     with run.lock(), logger_factory(run.logs) as logger:
@@ -129,7 +125,7 @@ def _run_loop(run: RunDir, cfg: DictConfig, data, resume: bool, logger_factory) 
             for epoch in range(start, cfg.train.epochs + 1):
                 history.append(_one_epoch(run, cfg, method, logger, epoch, history))
             _finish(run, cfg, method, logger, history)
-        except (KeyboardInterrupt, _Terminate):
+        except KeyboardInterrupt:
             run.update_status(status="interrupted")
             logger.warn(f"interrupted; continue with `lightnas resume {run.name}`")
             raise
@@ -141,7 +137,8 @@ def _run_loop(run: RunDir, cfg: DictConfig, data, resume: bool, logger_factory) 
 
 
 def _raise_terminate(signum, frame):
-    raise _Terminate()
+    """`kill` (SIGTERM) stops a run like Ctrl-C: marked interrupted, resumable."""
+    raise KeyboardInterrupt()
 
 
 def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: int,
@@ -168,7 +165,7 @@ def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: i
         export_architecture(method, architecture, run.exported, export_name(cfg), epoch)
     arrays, method_state = method.state()
     checkpoint.save(run.checkpoints, epoch, arrays,
-                    {"method": method_state, "history": history + [record]},
+                    {"method": method_state, "history": history + [record], "seed": cfg.seed},
                     keep=cfg.checkpoint.keep, protect=(best["epoch"],) if best else ())
     run.append_metrics(record)
     run.update_status(epoch=epoch, best_epoch=best["epoch"] if best else None,

@@ -74,3 +74,24 @@ def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted(tmp_path: Pa
     arch_resumed = json.loads((run / "logs/architectures/epoch_3.json").read_text())
     assert arch_resumed == arch_full
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path: Path) -> None:
+    config = write_config(tmp_path, CONFIG)
+    process = subprocess.Popen([sys.executable, "-m", "lightnas_cli.cli", "search", "-c",
+                                str(config), "run.name=stopped"], cwd=tmp_path, env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latest = tmp_path / "trainings" / "stopped" / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None and not latest.is_file():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "lightnas resume stopped" in stderr and "Traceback" not in stderr
+    status = json.loads((tmp_path / "trainings" / "stopped" / "run.json").read_text())
+    assert status["status"] == "interrupted"
+    assert not (tmp_path / "trainings" / "stopped" / ".lock").exists()
+    resumed = run_cli(["resume", "stopped", "--epochs", "2"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in _metrics(tmp_path / "trainings" / "stopped")] == [1, 2]
