@@ -25,11 +25,6 @@ from lightnas_cli.search.base import get_method
 from lightnas_cli.seeding import seed_everything
 
 
-def set_thread_defaults() -> None:
-    """MXNet uses one thread unless told; use every core unless the user chose a number."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-
-
 @dataclass
 class SpecOnly:
     """Data stand-in for export: shapes and classes, no loaders (reads no files)."""
@@ -96,7 +91,11 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
 
 def _best(history: list[dict]) -> dict | None:
     scored = [r for r in history if "val_accuracy" in r]
-    return max(scored, key=lambda r: (r["val_accuracy"], -r["epoch"])) if scored else None
+    if scored:
+        return max(scored, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+    # Tasks without accuracy (e.g. reconstruction): the lowest validation loss is best.
+    losses = [r for r in history if "val_loss" in r]
+    return min(losses, key=lambda r: (r["val_loss"], r["epoch"])) if losses else None
 
 
 def _tag(key: str) -> str:

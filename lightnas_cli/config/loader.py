@@ -8,7 +8,6 @@ suggest the closest valid one.
 from __future__ import annotations
 
 import difflib
-import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +27,9 @@ CHOICES: dict[str, Sequence[str]] = {
     "model.stem": ("thumbnail", "imagenet"),
     "model.weight_scaling": ("none", "mean"),
     "enas.cost": ("params", "binary_memory", "macs"),
+    "pit.regularizer": ("size", "macs", "flops"),
+    "pit.task": ("auto", "classification", "reconstruction"),
+    "pit.arch_optimizer": ("adam", "sgd"),
 }
 
 
@@ -146,8 +148,3 @@ def save_config(cfg: DictConfig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(to_yaml(cfg), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def load_saved_config(path: Path) -> DictConfig:
-    """Re-load a run's config.yaml (what resume and export use)."""
-    return load_config(path)
