@@ -28,6 +28,7 @@ setup(
         "pillow==13.0.0",
         "rich==15.0.0",
         "scikit-learn==1.4.0",  # the offline `digits` data set
+        "mnist1d==0.0.2.post1",  # MNIST-1D generated locally with make_dataset() (PIT's TCN)
     ],
     extras_require={
         "test": ["pytest==9.2.0"],

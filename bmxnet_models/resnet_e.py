@@ -27,6 +27,9 @@ One block class serves both the plain network and ENAS: `BasicBlockEnas` is deco
 ``enas_unit(bits=Categorical(1, 32), share_parameters=True)`` (seed 000: ResNet blocks choose
 1 or 32 bits; the full-precision weights are always trained and binarized when 1 bit is
 chosen). Called with ``bits=`` it returns a plain block; called without, an `EnasUnit`.
+
+``activation`` (det_sign | approx_sign) and ``binary_padding`` (zero | minus_one) choose the sign
+function and the padding of every binary convolution (see `bmxnet_models.binary`).
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from autogluon.common.space import Categorical
 from mxnet import gluon
 from mxnet.gluon import nn
 
-from bmxnet_models.binary import QConv2D, check_bits, check_weight_scaling
+from bmxnet_models.binary import (QConv2D, check_activation, check_binary_padding, check_bits,
+                                  check_weight_scaling)
 from lightnas_cli.errors import ConfigError
 from lightnas_cli.search.enas.unit import enas_unit
 
@@ -92,6 +96,7 @@ class BasicBlockEnas(gluon.HybridBlock):
 
     def __init__(self, channels: int, stride: int, in_channels: int, bits: int = 1,
                  grad_cancel: float = 1.0, weight_scaling: str = "none",
+                 activation: str = "det_sign", binary_padding: str = "zero",
                  prefix: str | None = None, params: gluon.ParameterDict | None = None):
         super().__init__(prefix=prefix, params=params)
         self.channels = int(channels)
@@ -100,11 +105,14 @@ class BasicBlockEnas(gluon.HybridBlock):
         self.bits = check_bits(bits)
         self.grad_cancel = float(grad_cancel)
         self.weight_scaling = check_weight_scaling(weight_scaling)
+        self.activation = check_activation(activation)
+        self.binary_padding = check_binary_padding(binary_padding)
         with self.name_scope():
             self.bn = nn.BatchNorm(in_channels=self.in_channels)
             self.conv = QConv2D(self.channels, 3, strides=self.stride, padding=1,
                                 in_channels=self.in_channels, bits=self.bits,
-                                clip=self.grad_cancel, weight_scaling=self.weight_scaling)
+                                clip=self.grad_cancel, weight_scaling=self.weight_scaling,
+                                activation=self.activation, binary_padding=self.binary_padding)
             if self.stride != 1 or self.in_channels != self.channels:
                 self.downsample = nn.HybridSequential(prefix="sc_")
                 with self.downsample.name_scope():
@@ -146,7 +154,8 @@ class ResNetE(gluon.HybridBlock):
     def __init__(self, depth: int, classes: int = 1000, stem: str = "thumbnail",
                  base_channels: int = 64, grad_cancel: float = 1.0,
                  weight_scaling: str = "none", in_channels: int = 3, enas: bool = False,
-                 bits: int = 1, **kwargs: Any):
+                 bits: int = 1, activation: str = "det_sign", binary_padding: str = "zero",
+                 **kwargs: Any):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ConfigError(f"unknown ResNet-E stem {stem!r}; use 'thumbnail' (inputs of "
@@ -163,6 +172,8 @@ class ResNetE(gluon.HybridBlock):
         self.widths = tuple(self.base_channels * m for m in STAGE_WIDTHS)
         self.grad_cancel = float(grad_cancel)
         self.weight_scaling = check_weight_scaling(weight_scaling)
+        self.activation = check_activation(activation)
+        self.binary_padding = check_binary_padding(binary_padding)
         # Expected data channels, kept for shape-based summaries; the first convolution infers
         # the actual count from the data (deferred initialization), so 1-channel data works.
         self.in_channels = int(in_channels)
@@ -204,7 +215,8 @@ class ResNetE(gluon.HybridBlock):
         return stage
 
     def _make_block(self, channels: int, stride: int, in_channels: int) -> gluon.HybridBlock:
-        options = {"grad_cancel": self.grad_cancel, "weight_scaling": self.weight_scaling}
+        options = {"grad_cancel": self.grad_cancel, "weight_scaling": self.weight_scaling,
+                   "activation": self.activation, "binary_padding": self.binary_padding}
         if self.enas:
             return BasicBlockEnas(channels, stride, in_channels, **options)
         return BasicBlockEnas(channels, stride, in_channels, bits=self.bits, **options)
@@ -225,17 +237,21 @@ class ResNetE(gluon.HybridBlock):
 
 def resnet_e18(classes: int = 1000, stem: str = "thumbnail", base_channels: int = 64,
                grad_cancel: float = 1.0, weight_scaling: str = "none", in_channels: int = 3,
-               enas: bool = False, bits: int = 1, **kwargs: Any) -> ResNetE:
+               enas: bool = False, bits: int = 1, activation: str = "det_sign",
+               binary_padding: str = "zero", **kwargs: Any) -> ResNetE:
     """ResNet-E18: 4, 4, 4, 4 single-conv blocks (ResNet-18's 2, 2, 2, 2 doubled)."""
     return ResNetE(18, classes=classes, stem=stem, base_channels=base_channels,
                    grad_cancel=grad_cancel, weight_scaling=weight_scaling,
-                   in_channels=in_channels, enas=enas, bits=bits, **kwargs)
+                   in_channels=in_channels, enas=enas, bits=bits, activation=activation,
+                   binary_padding=binary_padding, **kwargs)
 
 
 def resnet_e34(classes: int = 1000, stem: str = "thumbnail", base_channels: int = 64,
                grad_cancel: float = 1.0, weight_scaling: str = "none", in_channels: int = 3,
-               enas: bool = False, bits: int = 1, **kwargs: Any) -> ResNetE:
+               enas: bool = False, bits: int = 1, activation: str = "det_sign",
+               binary_padding: str = "zero", **kwargs: Any) -> ResNetE:
     """ResNet-E34: 6, 8, 12, 6 single-conv blocks (ResNet-34's 3, 4, 6, 3 doubled)."""
     return ResNetE(34, classes=classes, stem=stem, base_channels=base_channels,
                    grad_cancel=grad_cancel, weight_scaling=weight_scaling,
-                   in_channels=in_channels, enas=enas, bits=bits, **kwargs)
+                   in_channels=in_channels, enas=enas, bits=bits, activation=activation,
+                   binary_padding=binary_padding, **kwargs)

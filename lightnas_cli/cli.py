@@ -134,6 +134,31 @@ def config_show(config: Path = typer.Option(..., "-c", "--config", help="YAML co
     _out.print(to_yaml(load_config(str(config), overrides or [])), markup=False, end="")
 
 
+@app.command("summary")
+@user_errors
+def summary_command(
+        model: str = typer.Argument(..., help="Zoo name (meliusnet22, resnet_e18), custom string "
+                                              "(meliusnet_custom:DTSI) or run:<name>."),
+        input_shape: Optional[str] = typer.Option(None, "--input-shape",
+                                                  help="C,H,W (default 3,224,224; a run uses "
+                                                       "its data's shape)."),
+        classes: Optional[int] = typer.Option(None, "--classes",
+                                              help="Output classes (default 1000)."),
+        options: Optional[List[str]] = typer.Option(None, "-o", "--option",
+                                                    help="Model option key=value, e.g. "
+                                                         "stem=thumbnail (repeatable)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+        root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
+    """Per-layer shapes, 1-bit/32-bit parameters, binary/float MACs, memory, and totals."""
+    from lightnas_cli import summary as summary_mod
+    result = summary_mod.summarize_model(model, summary_mod.parse_input_shape(input_shape),
+                                         classes, summary_mod.parse_options(options), root)
+    if as_json:
+        typer.echo(result.to_json())
+    else:
+        summary_mod.render(result, _out)
+
+
 def main() -> None:
     app()
 

@@ -25,11 +25,12 @@ KIND_STYLES: dict[str, dict[str, str]] = {
     "float": {"fillcolor": "#ffa500", "style": "filled,rounded"},
     "skip": {"fillcolor": "#d3d3d3", "style": "filled,rounded,dashed"},
     "keep": {"fillcolor": "#90ee90", "style": "filled,rounded"},
+    "pruned": {"fillcolor": "#f08080", "style": "filled,rounded"},
     "other": {"fillcolor": "#ffffff", "style": "filled,rounded"},
 }
 # When one unit mixes kinds, the most telling one colours it (a skipped block is skipped
 # whatever its precision).
-_KIND_PRIORITY = ["skip", "binary", "float", "keep", "other"]
+_KIND_PRIORITY = ["skip", "pruned", "binary", "float", "keep", "other"]
 
 PNG_MISSING_REASON = ("graphviz's `dot` program was not found on PATH, so no .png was drawn "
                       "(the .dot file was written); install it with `apt-get install graphviz`")

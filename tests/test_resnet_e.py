@@ -164,3 +164,23 @@ def test_registry_and_config_errors():
         resnet_e18(stem="cifar")
     with pytest.raises(ConfigError, match="bits"):
         resnet_e18(bits=2)
+
+
+def test_binary_options_reach_every_block_and_change_outputs():
+    net = bmxnet_models.get_model("resnet_e18", activation="approx_sign",
+                                  binary_padding="minus_one", **TINY)
+    assert all((b.conv.activation, b.conv.binary_padding) == ("approx_sign", "minus_one")
+               for b in net.blocks)
+    zero = bmxnet_models.get_model("resnet_e18", **TINY)
+    x = _data((2, 1, 8, 8))
+    for model in (net, zero):
+        model.initialize()
+        model(x)
+    for src, dst in zip(zero.collect_params().values(), net.collect_params().values()):
+        dst.set_data(src.data())
+    # -1 instead of 0 at the borders changes the binary convolutions' outputs
+    assert not np.allclose(net(x).asnumpy(), zero(x).asnumpy())
+    with pytest.raises(ConfigError, match="binary_padding"):
+        resnet_e18(binary_padding="one")
+    with pytest.raises(ConfigError, match="activation"):
+        resnet_e18(activation="sign")

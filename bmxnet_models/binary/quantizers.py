@@ -16,8 +16,10 @@ src/operator/contrib/gradient_cancel-inl.h in hpi-xnor/BMXNet-v2). Without a cli
 gradient is passed everywhere, as BMXNet-v2's ``det_sign`` does for weights (its backward is
 ``identity_grad``, src/operator/tensor/elemwise_unary_op_basic.cc).
 
-New quantizers (a later issue adds ``approx_sign``) register with `register_quantizer` and are
-then available by name through `get_quantizer`.
+``approx_sign`` (Liu et al. 2018, "Bi-Real Net", eq. 3; BMXNet-v2's ``approx_sign`` operator) is
+the same sign forward with the gradient of a piecewise quadratic, ``2 - 2|x|`` inside ±1.
+Quantizers register with `register_quantizer` and are available by name through `get_quantizer`,
+so a config chooses them with `model.activation`.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from lightnas_cli.errors import ConfigError
 WEIGHT_SCALING_MODES = ("none", "mean")
 #: Bit widths the binary layers support: 1 (binarized) and 32 (full precision, no quantization).
 SUPPORTED_BITS = (1, 32)
+#: Sign functions a binary layer may apply to its input activations (`model.activation`).
+ACTIVATION_METHODS = ("det_sign", "approx_sign")
 
 
 class Quantizer(abc.ABC):
@@ -101,6 +105,37 @@ class DetSign(Quantizer):
         return {"clip": self.clip}
 
 
+class ApproxSign(Quantizer):
+    """Sign forward, Bi-Real Net's approximate-sign gradient backward.
+
+    Forward: ``+1`` where ``x >= 0`` else ``-1`` (as `DetSign`). Backward: ``2 - 2|x|`` for
+    ``|x| <= 1`` and 0 outside: the derivative of the piecewise polynomial ``2x + x^2``
+    (``-1 <= x < 0``), ``2x - x^2`` (``0 <= x < 1``), ``±1`` beyond (Liu et al. 2018, eq. 3; the
+    same function as BMXNet-v2's ``approx_sign`` in ``binary_layers.py``). That polynomial is
+    written as ``2s - s|s|`` with ``s = clip(x, -1, 1)``, so only elementwise operators are
+    used. ``clip < 1`` additionally cancels the gradient where ``|x| > clip`` (BMXNet-v2 applies
+    ``gradcancel`` before the sign); ``clip >= 1`` or ``None`` changes nothing.
+    """
+
+    name = "approx_sign"
+
+    def __init__(self, clip: float | None = 1.0):
+        if clip is not None and not clip > 0:
+            raise ConfigError(f"approx_sign clip (gradient cancel threshold) must be > 0, "
+                              f"got {clip}")
+        self.clip = None if clip is None else float(clip)
+
+    def __call__(self, F: Any, x: Any) -> Any:
+        bound = 1.0 if self.clip is None else min(self.clip, 1.0)
+        s = F.clip(x, -bound, bound)
+        surrogate = 2 * s - s * F.abs(s)
+        sign = (x >= 0) * 2 - 1
+        return surrogate + F.stop_gradient(sign - surrogate)
+
+    def config(self) -> dict:
+        return {"clip": self.clip}
+
+
 class MeanScaled(Quantizer):
     """Multiply a weight quantizer's output by the mean ``|W|`` per output channel.
 
@@ -142,6 +177,7 @@ def register_quantizer(name: str) -> Callable[[Callable[..., Quantizer]], Callab
 
 register_quantizer("identity")(Identity)
 register_quantizer("det_sign")(DetSign)
+register_quantizer("approx_sign")(ApproxSign)
 
 
 def available_quantizers() -> list[str]:
@@ -175,12 +211,21 @@ def check_weight_scaling(weight_scaling: str) -> str:
     return weight_scaling
 
 
+def check_activation(method: str) -> str:
+    """Validate a binary layer's activation sign function (`model.activation`)."""
+    if method not in ACTIVATION_METHODS:
+        raise ConfigError(f"activation={method!r} is not supported; use one of "
+                          f"{', '.join(ACTIVATION_METHODS)}")
+    return method
+
+
 def activation_quantizer(bits: int, clip: float = 1.0, method: str = "det_sign") -> Quantizer:
     """Quantizer for a binary layer's input activations.
 
-    1 bit: ``method`` (det_sign) with gradient cancelling at ``clip`` (BMXNet-v2 applies
-    ``gradcancel`` to activations only). 32 bits: identity.
+    1 bit: ``method`` (det_sign or approx_sign) with gradient cancelling at ``clip`` (BMXNet-v2
+    applies ``gradcancel`` to activations only). 32 bits: identity.
     """
+    check_activation(method)
     if check_bits(bits) == 32:
         return Identity()
     return get_quantizer(method, clip=clip)

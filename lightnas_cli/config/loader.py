@@ -26,6 +26,8 @@ CHOICES: dict[str, Sequence[str]] = {
     "train.lr_schedule": ("constant", "cosine"),
     "model.stem": ("thumbnail", "imagenet"),
     "model.weight_scaling": ("none", "mean"),
+    "model.activation": ("det_sign", "approx_sign"),
+    "model.binary_padding": ("zero", "minus_one"),
     "enas.cost": ("params", "binary_memory", "macs"),
     "pit.regularizer": ("size", "macs", "flops"),
     "pit.task": ("auto", "classification", "reconstruction"),

@@ -53,16 +53,25 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # Base model from the zoo (`bmxnet_models.get_model`): resnet_e18 | resnet_e34.
+    # Base model from the zoo (`bmxnet_models.get_model`): resnet_e18 | resnet_e34 |
+    # meliusnet22 | meliusnet29 | meliusnet42 | meliusnet59 (`lightnas summary` also takes
+    # custom strings such as meliusnet_custom:DTSI).
     name: str = "resnet_e18"
-    # Initial layers: thumbnail (3x3 conv, for small images) | imagenet (7x7/2 conv + max-pool).
+    # Initial layers: thumbnail (3x3 conv, for small images) | imagenet (ResNet-E: 7x7/2 conv +
+    # max-pool; MeliusNet: the paper's grouped stem, needs base_channels divisible by 16).
     stem: str = "thumbnail"
-    # Width of the first stage (ResNet-E: 64 in the paper); smaller values make tiny test nets.
+    # ResNet-E: width of the first stage (64 in the paper). MeliusNet: growth rate and stem width
+    # (64 in the paper); transition widths scale with it. Smaller values make tiny test nets.
     base_channels: int = 64
     # Gradient cancelling of the straight-through sign: gradient is zero where |x| > clip.
     grad_cancel: float = 1.0
     # Scale binary weights per output channel: none | mean (mean |W|, as in XNOR-Net).
     weight_scaling: str = "none"
+    # Sign of binary activations: det_sign (straight-through gradient) | approx_sign (Bi-Real
+    # Net's gradient 2 - 2|x| inside +-1).
+    activation: str = "det_sign"
+    # Padding of binarized inputs: zero | minus_one (BMXNet-v2: every input stays +-1).
+    binary_padding: str = "zero"
 
 
 @dataclass
@@ -149,3 +158,8 @@ class EnasSearchConfig(BaseConfig):
 
 
 SCHEMAS: dict[str, type] = {"enas": EnasSearchConfig}
+
+# Method schemas in their own modules import BaseConfig from here, so they come last.
+from lightnas_cli.config.pit_schema import PitSearchConfig  # noqa: E402
+
+SCHEMAS["pit"] = PitSearchConfig

@@ -23,6 +23,7 @@ from lightnas_cli.data.transforms import channel_stats, random_crop_flip, resize
 
 # Registers the built-in data sets (mock, digits, cifar10, cifar100).
 from lightnas_cli.data import datasets as _datasets  # noqa: F401,E402
+from lightnas_cli.data import mnist1d as _mnist1d  # noqa: F401,E402  (registers "mnist1d")
 
 __all__ = [
     "ArrayLoader",

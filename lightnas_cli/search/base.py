@@ -21,7 +21,8 @@ ARCHITECTURE_FORMAT = 1
 class Decision:
     """One searchable choice and the value taken.
 
-    `kind` tells graphs how to colour the block: "binary", "float", "skip", "keep" or "other".
+    `kind` tells graphs how to colour the block: "binary", "float", "skip", "keep", "pruned"
+    (PIT: fewer channels/taps than the seed) or "other".
     `cost` is the cost of this block under the chosen value (same unit as Architecture.costs).
     """
 
@@ -172,3 +173,4 @@ def available_methods() -> list[str]:
 def _load_builtin_methods() -> None:
     # Imported lazily so that `lightnas config show` does not pay for MXNet model code.
     from lightnas_cli.search import enas  # noqa: F401
+    from lightnas_cli.search import pit  # noqa: F401

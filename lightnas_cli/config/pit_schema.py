@@ -1,0 +1,68 @@
+"""Config schema of the `pit` method (Pruning In Time). Every key is documented here.
+
+Registered in `schema.SCHEMAS["pit"]`. The shared sections (run, data, train, checkpoint,
+export) are `BaseConfig`'s; `model` and `pit` are PIT's own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from lightnas_cli.config.schema import BaseConfig
+
+
+@dataclass
+class PitModelConfig:
+    # Seed network from the zoo (`bmxnet_models.get_model`): tcn | resnet8 | dscnn |
+    # mobilenet_v1 | fc_autoencoder (MLPerf Tiny references, bmxnet_models/tinyml.py), or any
+    # other registered Gluon model built from Conv1D/Conv2D/Dense/BatchNorm layers.
+    # (ResNet-E's stem/base_channels/... options of the ENAS model section do not apply here.)
+    name: str = "tcn"
+    # Extra constructor options of the model, e.g. {channels: [16, 16, 32], kernel_size: 9}
+    # for tcn or {width_multiplier: 0.25} for mobilenet_v1. `classes`, `in_channels` and (for
+    # the autoencoder) `inputs` come from the data set and need not be given.
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PitConfig:
+    # Cost the regularizer counts, with the formulas of lightnas_cli.costs: size (parameters,
+    # biases included) | macs | flops (2 x MACs). Computed from the continuous masks, so it is
+    # differentiable (Risso et al. 2021; PLiNIO's params / ops cost specs).
+    regularizer: str = "size"
+    # λ: loss = task loss + strength * regularizer.
+    strength: float = 0.1
+    # Divide the regularizer by the unpruned network's cost, so `strength` is relative: 0.1
+    # means "the whole network's cost weighs as much as 0.1 of task loss", whatever its size.
+    # false uses the raw count (then strength must be tiny, e.g. 1e-7 for MACs).
+    normalize: bool = True
+    # First epochs train the weights only: masks frozen at 1 and no regularizer.
+    warmup_epochs: int = 0
+    # Last epochs train the weights of the pruned network: masks frozen, no regularizer.
+    # The search runs in the epochs between (train.epochs - warmup - finetune of them).
+    finetune_epochs: int = 0
+    # Binarization threshold of the masks (PIT: 0.5).
+    threshold: float = 0.5
+    # Search output channels (α), receptive fields (β) and dilations (γ); false freezes them.
+    train_channels: bool = True
+    train_rf: bool = True
+    train_dilation: bool = True
+    # Optimizer (adam | sgd) and learning rate of the masks; null lr uses train.lr.
+    arch_optimizer: str = "adam"
+    arch_lr: Optional[float] = None
+    # Layers left out of the search: block paths such as "0" or "2.conv1", or block names.
+    exclude_names: List[str] = field(default_factory=list)
+    # Layer types left out of the search: Conv1D | Conv2D | Dense | BatchNorm.
+    exclude_types: List[str] = field(default_factory=list)
+    # Task loss: classification (softmax cross-entropy on the labels, accuracy reported) |
+    # reconstruction (mean squared error between the output and the flattened input, labels
+    # ignored, no accuracy: the anomaly-detection autoencoder). auto: reconstruction for
+    # models registered as autoencoders (fc_autoencoder), classification otherwise.
+    task: str = "auto"
+
+
+@dataclass
+class PitSearchConfig(BaseConfig):
+    method: str = "pit"
+    model: PitModelConfig = field(default_factory=PitModelConfig)  # type: ignore[assignment]
+    pit: PitConfig = field(default_factory=PitConfig)
