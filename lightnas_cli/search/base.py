@@ -121,6 +121,10 @@ class SearchMethod(abc.ABC):
         self.data = data
         self.contexts = contexts
         self.logger = logger
+        # What every method builds its networks for; read from the data spec, not the files.
+        self.input_shape = [int(v) for v in data.spec.shape]
+        self.classes = int(data.spec.classes)
+        self.model_name = config.model.name
 
     @abc.abstractmethod
     def train_epoch(self, epoch: int) -> dict:

@@ -89,10 +89,6 @@ class EnasSearch(SearchMethod):
 
     def __init__(self, config, data, contexts, logger):
         super().__init__(config, data, contexts, logger)
-        spec = data.spec
-        self.input_shape = [int(v) for v in spec.shape]
-        self.classes = int(spec.classes)
-        self.model_name = config.model.name
         # Every model.* key except the name is a constructor option of the zoo model.
         self.model_options = {k: v for k, v in OmegaConf.to_container(config.model).items()
                               if k != "name"}

@@ -58,10 +58,6 @@ class PitSearch(SearchMethod):
 
     def __init__(self, config, data, contexts, logger):
         super().__init__(config, data, contexts, logger)
-        spec = data.spec
-        self.input_shape = [int(v) for v in spec.shape]
-        self.classes = int(spec.classes)
-        self.model_name = config.model.name
         self.pit_cfg = config.pit
         self._check_config()
         factory = bmxnet_models.get_model_factory(self.model_name)
