@@ -8,14 +8,7 @@ from bmxnet_models.binary import (DetSign, Identity, MeanScaled, QConv2D, activa
                                   available_quantizers, get_quantizer, weight_quantizer)
 from lightnas_cli.errors import ConfigError
 
-
-def _value_and_grad(quantizer, x, head=None):
-    x = nd.array(x)
-    x.attach_grad()
-    with autograd.record():
-        y = quantizer(nd, x)
-    y.backward(None if head is None else nd.array(head))
-    return y.asnumpy(), x.grad.asnumpy()
+from helpers import value_and_grad
 
 
 def _np_sign(x):
@@ -24,7 +17,7 @@ def _np_sign(x):
 
 def test_det_sign_forward_and_gradient_default_clip():
     x = [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]
-    y, grad = _value_and_grad(DetSign(), x)
+    y, grad = value_and_grad(DetSign(), x)
     np.testing.assert_array_equal(y, [-1, -1, -1, 1, 1, 1, 1])  # sign(0) = +1
     # gradient of clip(x, -1, 1): 1 inside, including the borders, 0 outside
     np.testing.assert_array_equal(grad, [0, 1, 1, 1, 1, 1, 0])
@@ -33,13 +26,13 @@ def test_det_sign_forward_and_gradient_default_clip():
 def test_det_sign_gradient_scales_upstream_gradient_with_custom_clip():
     x = [-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 3.0]
     head = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
-    y, grad = _value_and_grad(DetSign(clip=0.5), x, head)
+    y, grad = value_and_grad(DetSign(clip=0.5), x, head)
     np.testing.assert_array_equal(y, [-1, -1, -1, 1, 1, 1, 1, 1])
     np.testing.assert_array_equal(grad, [0, 2, 3, 4, 5, 6, 0, 0])
 
 
 def test_det_sign_without_clip_is_plain_straight_through():
-    y, grad = _value_and_grad(DetSign(clip=None), [-5.0, -0.1, 0.0, 7.0])
+    y, grad = value_and_grad(DetSign(clip=None), [-5.0, -0.1, 0.0, 7.0])
     np.testing.assert_array_equal(y, [-1, -1, 1, 1])
     np.testing.assert_array_equal(grad, [1, 1, 1, 1])
 
@@ -51,7 +44,7 @@ def test_det_sign_hybridized_matches_imperative():
 
     block = Wrap()
     block.hybridize()
-    y, grad = _value_and_grad(lambda F, x: block(x), [-0.75, -0.5, 0.0, 0.25, 0.6])
+    y, grad = value_and_grad(lambda F, x: block(x), [-0.75, -0.5, 0.0, 0.25, 0.6])
     np.testing.assert_array_equal(y, [-1, -1, 1, 1, 1])
     np.testing.assert_array_equal(grad, [0, 1, 1, 1, 0])
 
@@ -70,7 +63,7 @@ def test_weight_scaling_mean_forward_values():
 
 def test_weight_quantizer_passes_gradient_beyond_one():
     # weights: straight-through everywhere (BMXNet-v2 det_sign), no gradient cancelling
-    _, grad = _value_and_grad(weight_quantizer(1, "none"), [[-3.0, 0.5, 2.0]])
+    _, grad = value_and_grad(weight_quantizer(1, "none"), [[-3.0, 0.5, 2.0]])
     np.testing.assert_array_equal(grad, [[1, 1, 1]])
 
 

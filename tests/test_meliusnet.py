@@ -1,10 +1,8 @@
 """MeliusNet: the paper's structure, custom strings, the ENAS supernet and string round trips."""
-import warnings
-
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import gluon, nd
+from mxnet import nd
 from mxnet.gluon import nn
 
 import bmxnet_models
@@ -18,25 +16,13 @@ from bmxnet_models.meliusnet import (MELIUSNET_SPEC, CeilMaxPool2D, DenseBlock, 
                                      size_layout)
 from lightnas_cli import costs
 from lightnas_cli.errors import ArchitectureError, ConfigError
-from lightnas_cli.search.enas.unit import (active_parameters, find_units, fixed_choices,
-                                           hybridize_supernet)
+from lightnas_cli.search.enas.unit import find_units, fixed_choices, hybridize_supernet
+
+from helpers import (assert_export_round_trip, assert_matches_supernet, copy_active_parameters,
+                     random_data, randomize)
 
 TINY = dict(classes=5, stem="thumbnail", base_channels=8, in_channels=1)
 SKIP = "replace_by_skip_connection"
-
-
-def _data(shape, seed=0):
-    return nd.array(np.random.RandomState(seed).normal(size=shape).astype(np.float32))
-
-
-def _randomize(net, seed=1):
-    """Random values for every parameter, incl. BatchNorm running stats (var > 0)."""
-    rng = np.random.RandomState(seed)
-    for name, param in sorted(net.collect_params().items()):
-        values = rng.normal(scale=0.5, size=param.shape)
-        if name.endswith(("running_var", "gamma")):
-            values = np.abs(values) + 0.5
-        param.set_data(nd.array(values))
 
 
 def _random_values(count, seed):
@@ -119,15 +105,15 @@ def test_output_shapes_with_both_stems(stem, shape):
     net = meliusnet22(classes=5, stem=stem, base_channels=16)
     net.initialize()
     net.hybridize()
-    assert net(_data(shape)).shape == (shape[0], 5)
+    assert net(random_data(shape)).shape == (shape[0], 5)
 
 
 def test_improvement_block_adds_to_the_newest_channels_only():
     block = ImprovementBlock(2, 5, replace_by_skip_connection=False)
     block.initialize()
-    x = _data((1, 5, 4, 4))
+    x = random_data((1, 5, 4, 4))
     block(x)
-    _randomize(block)
+    randomize(block)
     out = block(x).asnumpy()
     improvement = block.conv(block.bn(x)).asnumpy()
     np.testing.assert_array_equal(out[:, :3], x.asnumpy()[:, :3])
@@ -150,7 +136,7 @@ def test_custom_string_builds_the_letters():
     assert skip.conv.padding == (0, 0) and isinstance(improve, ImprovementBlock)
     assert net.transition_widths == (8,)  # (8 + 8) / 2: the generic custom reduction
     net.initialize()
-    assert net(_data((2, 1, 8, 8))).shape == (2, 5)
+    assert net(random_data((2, 1, 8, 8))).shape == (2, 5)
     assert "meliusnet_custom:<DIST string>" in bmxnet_models.available_models()
 
 
@@ -224,7 +210,7 @@ def test_derived_architecture_round_trip_has_same_structure_params_and_outputs(s
                                           classes=5)
     assert not find_units(derived)
     custom = bmxnet_models.get_model(name, **TINY)
-    x = _data((2, 1, 8, 8))
+    x = random_data((2, 1, 8, 8))
     for net in (derived, custom):
         net.initialize()
         net(x)
@@ -233,11 +219,8 @@ def test_derived_architecture_round_trip_has_same_structure_params_and_outputs(s
         [(c.layer_type, c.output_shape, c.params, c.macs) for c in layers[1]]
     totals = [costs.summarize(layer_list) for layer_list in layers]
     assert totals[0] == totals[1] and totals[0].params_binary > 0
-    _randomize(derived, seed)
-    source, target = active_parameters(derived), active_parameters(custom)
-    assert [p.shape for p in source] == [p.shape for p in target]
-    for src, dst in zip(source, target):
-        dst.set_data(src.data())
+    randomize(derived, seed)
+    copy_active_parameters(derived, custom)
     np.testing.assert_allclose(custom(x).asnumpy(), derived(x).asnumpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -246,29 +229,21 @@ def test_fixed_choices_network_matches_supernet_selection(hybridize):
     options = dict(TINY, activation="approx_sign", binary_padding="minus_one")
     supernet = meliusnet22(enas=True, **options)
     supernet.initialize()
-    x = _data((2, 1, 8, 8))
+    x = random_data((2, 1, 8, 8))
     supernet(x)
     choices = _random_values(34, seed=3)
     for unit in find_units(supernet):  # every candidate gets its parameters' shapes
         for index in range(2):
             unit._active = index
             supernet(x)
-    _randomize(supernet)
+    randomize(supernet)
     for unit, values in zip(find_units(supernet), choices):
         unit.select(values)
     if hybridize:
         hybridize_supernet(supernet)
     with fixed_choices(choices):
         plain = meliusnet22(enas=True, **options)
-    plain.initialize()
-    plain(x)
-    source, target = active_parameters(supernet), active_parameters(plain)
-    assert [p.shape for p in source] == [p.shape for p in target]
-    for src, dst in zip(source, target):
-        dst.set_data(src.data())
-    if hybridize:
-        plain.hybridize()
-    np.testing.assert_allclose(plain(x).asnumpy(), supernet(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    assert_matches_supernet(plain, supernet, x, hybridize)
 
 
 def test_gradient_crosses_skipped_improvement_blocks_of_a_hybridized_supernet():
@@ -276,7 +251,7 @@ def test_gradient_crosses_skipped_improvement_blocks_of_a_hybridized_supernet():
     # nothing before a skipped improvement block learned during the search.
     supernet = meliusnet22(enas=True, **TINY)
     supernet.initialize()
-    x = _data((2, 1, 8, 8))
+    x = random_data((2, 1, 8, 8))
     for unit in find_units(supernet):
         unit.select({SKIP: True})
     hybridize_supernet(supernet)
@@ -290,19 +265,7 @@ def test_gradient_crosses_skipped_improvement_blocks_of_a_hybridized_supernet():
 def test_custom_network_exports_and_reloads(tmp_path):
     net = bmxnet_models.get_model("meliusnet_custom:DISTSIDI", binary_padding="minus_one",
                                   weight_scaling="mean", **TINY)
-    net.initialize()
-    x = _data((2, 1, 9, 9))
-    net(x)
-    _randomize(net)
-    net.hybridize()
-    expected = net(x).asnumpy()
-    prefix = str(tmp_path / "custom")
-    net.export(prefix, epoch=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = gluon.SymbolBlock.imports(f"{prefix}-symbol.json", ["data"],
-                                           f"{prefix}-0001.params")
-    assert np.abs(loaded(x).asnumpy() - expected).max() <= 1e-5
+    assert_export_round_trip(net, random_data((2, 1, 9, 9)), str(tmp_path / "custom"), epoch=1)
 
 
 def test_registry_lists_and_builds_every_size():
@@ -317,4 +280,4 @@ def test_registry_lists_and_builds_every_size():
         bmxnet_models.get_model("meliusnet22", growth=32)
     net = bmxnet_models.get_model("meliusnet42", **TINY)
     net.initialize(mx.init.Xavier())
-    assert net(_data((1, 1, 8, 8))).shape == (1, 5)
+    assert net(random_data((1, 1, 8, 8))).shape == (1, 5)

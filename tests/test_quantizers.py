@@ -9,19 +9,12 @@ from bmxnet_models.binary import (ACTIVATION_METHODS, PADDING_MODES, ApproxSign,
                                   get_quantizer, weight_quantizer)
 from lightnas_cli.errors import ConfigError
 
-
-def _value_and_grad(quantizer, x, head=None):
-    x = nd.array(x)
-    x.attach_grad()
-    with autograd.record():
-        y = quantizer(nd, x)
-    y.backward(None if head is None else nd.array(head))
-    return y.asnumpy(), x.grad.asnumpy()
+from helpers import value_and_grad
 
 
 def test_approx_sign_forward_and_gradient_by_hand():
     x = [-2.0, -1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5]
-    y, grad = _value_and_grad(ApproxSign(), x)
+    y, grad = value_and_grad(ApproxSign(), x)
     np.testing.assert_array_equal(y, [-1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1])
     # 2 - 2|x| inside [-1, 1] (Bi-Real Net eq. 3), 0 outside: by hand
     np.testing.assert_allclose(grad, [0, 0, 0.5, 1.0, 1.5, 2.0, 1.5, 1.0, 0.5, 0, 0], atol=1e-6)
@@ -30,10 +23,10 @@ def test_approx_sign_forward_and_gradient_by_hand():
 def test_approx_sign_scales_upstream_gradient_and_cancels_below_one():
     x = [-0.75, -0.25, 0.25, 0.6, 0.9]
     head = [2.0, 1.0, -1.0, 3.0, 1.0]
-    _, grad = _value_and_grad(ApproxSign(clip=0.5), x, head)
+    _, grad = value_and_grad(ApproxSign(clip=0.5), x, head)
     # (2 - 2|x|) * head where |x| <= 0.5; cancelled beyond the clip
     np.testing.assert_allclose(grad, [0, 1.5, -1.5, 0, 0], atol=1e-6)
-    _, wide = _value_and_grad(ApproxSign(clip=3.0), [0.5, 2.0])
+    _, wide = value_and_grad(ApproxSign(clip=3.0), [0.5, 2.0])
     np.testing.assert_allclose(wide, [1.0, 0.0], atol=1e-6)  # clip > 1 changes nothing
 
 
@@ -44,7 +37,7 @@ def test_approx_sign_hybridized_matches_imperative():
 
     block = Wrap()
     block.hybridize()
-    y, grad = _value_and_grad(lambda F, x: block(x), [-0.5, 0.0, 0.25, 1.2])
+    y, grad = value_and_grad(lambda F, x: block(x), [-0.5, 0.0, 0.25, 1.2])
     np.testing.assert_array_equal(y, [-1, 1, 1, 1])
     np.testing.assert_allclose(grad, [1.0, 2.0, 1.5, 0.0], atol=1e-6)
 

@@ -10,24 +10,12 @@ from bmxnet_models.binary import QConv2D
 from bmxnet_models.resnet_e import (BasicBlockE, ShortcutAvgPool, blocks_per_stage, resnet_e18,
                                     resnet_e34)
 from lightnas_cli.errors import ConfigError
-from lightnas_cli.search.enas.unit import (EnasUnit, active_parameters, find_units,
-                                           fixed_choices, hybridize_supernet)
+from lightnas_cli.search.enas.unit import (EnasUnit, find_units, fixed_choices,
+                                           hybridize_supernet)
+
+from helpers import assert_export_round_trip, assert_matches_supernet, random_data, randomize
 
 TINY = dict(classes=5, base_channels=8)
-
-
-def _data(shape, seed=0):
-    return nd.array(np.random.RandomState(seed).normal(size=shape).astype(np.float32))
-
-
-def _randomize(net, seed=1):
-    """Random values for every parameter, incl. BatchNorm running stats (var > 0)."""
-    rng = np.random.RandomState(seed)
-    for name, param in sorted(net.collect_params().items()):
-        values = rng.normal(scale=0.5, size=param.shape)
-        if name.endswith(("running_var", "gamma")):
-            values = np.abs(values) + 0.5
-        param.set_data(nd.array(values))
 
 
 def test_block_counts_follow_bmxnet_spec():
@@ -66,7 +54,7 @@ def test_output_shape_with_both_stems(stem, shape):
     net = resnet_e18(stem=stem, **TINY)
     net.initialize()
     net.hybridize()
-    assert net(_data(shape)).shape == (shape[0], 5)
+    assert net(random_data(shape)).shape == (shape[0], 5)
     assert net.features[0].weight.shape[1] == shape[1]  # first conv follows the data
 
 
@@ -75,7 +63,7 @@ def test_training_step_reaches_binary_weights():
     net.initialize(mx.init.Xavier())
     net.hybridize()
     trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-3})
-    x, y = _data((4, 1, 8, 8)), nd.array([0, 1, 2, 3])
+    x, y = random_data((4, 1, 8, 8)), nd.array([0, 1, 2, 3])
     with autograd.record():
         loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(x), y)
     loss.backward()
@@ -95,7 +83,7 @@ def test_enas_supernet_has_one_unit_per_block_and_shares_weights():
         binary, full = unit.candidates
         assert (binary.bits, full.bits) == (1, 32)
         assert binary.conv.weight is full.conv.weight and binary.bn.gamma is full.bn.gamma
-    x = _data((2, 1, 8, 8))
+    x = random_data((2, 1, 8, 8))
     for net in (plain, supernet):
         net.initialize()
         net(x)
@@ -110,9 +98,9 @@ def test_fixed_choices_network_matches_supernet_selection(hybridize):
     options = dict(stem="imagenet", weight_scaling="mean", grad_cancel=1.3, **TINY)
     supernet = resnet_e18(enas=True, **options)
     supernet.initialize()
-    x = _data((2, 3, 16, 16))
+    x = random_data((2, 3, 16, 16))
     supernet(x)
-    _randomize(supernet)
+    randomize(supernet)
     choices = [{"bits": bits} for bits in [1, 32, 32, 1] * 4]
     for unit, values in zip(find_units(supernet), choices):
         unit.select(values)
@@ -123,33 +111,14 @@ def test_fixed_choices_network_matches_supernet_selection(hybridize):
         plain = resnet_e18(enas=True, **options)
     assert not find_units(plain)
     assert [block.bits for block in plain.blocks] == [c["bits"] for c in choices]
-    plain.initialize()
-    plain(x)
-    source, target = active_parameters(supernet), active_parameters(plain)
-    assert [p.shape for p in source] == [p.shape for p in target]
-    for src, dst in zip(source, target):
-        dst.set_data(src.data())
-    if hybridize:
-        plain.hybridize()
-    np.testing.assert_allclose(plain(x).asnumpy(), supernet(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    assert_matches_supernet(plain, supernet, x, hybridize)
 
 
-# Stock MXNet warns on every SymbolBlock.imports that the input's dtype is not given.
-@pytest.mark.filterwarnings("ignore:Cannot decide type for the following arguments")
 def test_export_and_reload_matches(tmp_path):
     with fixed_choices([{"bits": bits} for bits in [1, 1, 32, 1] * 4]):
         net = resnet_e18(enas=True, weight_scaling="mean", **TINY)
-    net.initialize()
-    x = _data((2, 1, 9, 9))
-    net(x)
-    _randomize(net)
-    net.hybridize()
-    expected = net(x).asnumpy()
-    prefix = str(tmp_path / "resnet_e18")
-    net.export(prefix, epoch=3)
-    loaded = gluon.SymbolBlock.imports(f"{prefix}-symbol.json", ["data"],
-                                       f"{prefix}-0003.params")
-    assert np.abs(loaded(x).asnumpy() - expected).max() <= 1e-5
+    assert_export_round_trip(net, random_data((2, 1, 9, 9)), str(tmp_path / "resnet_e18"),
+                             epoch=3)
 
 
 def test_registry_and_config_errors():
@@ -172,7 +141,7 @@ def test_binary_options_reach_every_block_and_change_outputs():
     assert all((b.conv.activation, b.conv.binary_padding) == ("approx_sign", "minus_one")
                for b in net.blocks)
     zero = bmxnet_models.get_model("resnet_e18", **TINY)
-    x = _data((2, 1, 8, 8))
+    x = random_data((2, 1, 8, 8))
     for model in (net, zero):
         model.initialize()
         model(x)

@@ -48,7 +48,54 @@ def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-class QConv2D(gluon.HybridBlock):
+class QLayerBase(gluon.HybridBlock):
+    """What `QConv2D` and `QDense` share: the quantization options, the two quantizers and the
+    ``weight``/``bias`` parameters named as in Gluon's own layers.
+
+    Split into two steps so each layer keeps its own order of checks: `_set_quantization`
+    validates the options, `_build` (after the layer's own checks) makes quantizers and
+    parameters.
+    """
+
+    def _set_quantization(self, bits: int, clip: float, weight_scaling: str,
+                          activation: str) -> None:
+        """Validate and store bits, gradient clip, weight scaling and activation sign."""
+        self.bits = check_bits(bits)
+        self.clip = float(clip)
+        self.weight_scaling = check_weight_scaling(weight_scaling)
+        self.activation = check_activation(activation)
+
+    def _build(self, weight_shape: tuple[int, ...], weight_initializer: Any,
+               bias_initializer: Any) -> None:
+        """Quantizers, then ``weight`` and (with `use_bias`) ``bias`` of shape (weight_shape[0],).
+
+        Same names and shapes as gluon.nn.Conv2D/Dense (0 = infer later), so parameters can be
+        shared with, or copied from, a plain layer.
+        """
+        self.activation_quantizer: Quantizer = activation_quantizer(self.bits, clip=self.clip,
+                                                                    method=self.activation)
+        self.weight_quantizer: Quantizer = weight_quantizer(self.bits, self.weight_scaling)
+        with self.name_scope():
+            self.weight = self.params.get("weight", shape=weight_shape,
+                                          init=weight_initializer, allow_deferred_init=True)
+            if self.use_bias:
+                self.bias = self.params.get("bias", shape=(weight_shape[0],),
+                                            init=bias_initializer, allow_deferred_init=True)
+            else:
+                self.bias = None
+
+    @property
+    def is_binary(self) -> bool:
+        """True when input activations and weights are binarized (bits == 1)."""
+        return self.bits == 1
+
+    def quantized_weight(self, F: Any, weight: Any) -> Any:
+        """The weights the layer really uses; applying it twice changes nothing, so an
+        inference export can store them pre-quantized (see lightnas_cli.export)."""
+        return self.weight_quantizer(F, weight)
+
+
+class QConv2D(QLayerBase):
     """2-D convolution with optional binarization of input activations and weights (NCHW).
 
     ``bits=1``: ``activation`` (det_sign or approx_sign) of the input, gradient cancelled
@@ -74,43 +121,18 @@ class QConv2D(gluon.HybridBlock):
         self.dilation = _pair(dilation, "dilation")
         self.groups = int(groups)
         self.use_bias = bool(use_bias)
-        self.bits = check_bits(bits)
-        self.clip = float(clip)
-        self.weight_scaling = check_weight_scaling(weight_scaling)
-        self.activation = check_activation(activation)
+        self._set_quantization(bits, clip, weight_scaling, activation)
         self.binary_padding = check_binary_padding(binary_padding)
         if in_channels % self.groups or self.channels % self.groups:
             raise ValueError(f"in_channels ({in_channels}) and channels ({channels}) must be "
                              f"divisible by groups ({groups})")
-        self.activation_quantizer: Quantizer = activation_quantizer(self.bits, clip=self.clip,
-                                                                    method=self.activation)
-        self.weight_quantizer: Quantizer = weight_quantizer(self.bits, self.weight_scaling)
-        with self.name_scope():
-            # Same names and shapes as gluon.nn.Conv2D ('weight', 'bias'; 0 = infer later),
-            # so parameters can be shared with, or copied from, a plain Conv2D.
-            self.weight = self.params.get(
-                "weight", shape=(self.channels, in_channels // self.groups) + self.kernel_size,
-                init=weight_initializer, allow_deferred_init=True)
-            if self.use_bias:
-                self.bias = self.params.get("bias", shape=(self.channels,),
-                                            init=bias_initializer, allow_deferred_init=True)
-            else:
-                self.bias = None
-
-    @property
-    def is_binary(self) -> bool:
-        """True when activations and weights are binarized (bits == 1)."""
-        return self.bits == 1
+        self._build((self.channels, in_channels // self.groups) + self.kernel_size,
+                    weight_initializer, bias_initializer)
 
     @property
     def in_channels(self) -> int:
         """Input channels; 0 until the shape is known (deferred initialization)."""
         return int(self.weight.shape[1]) * self.groups
-
-    def quantized_weight(self, F: Any, weight: Any) -> Any:
-        """The weights the convolution really uses; applying it twice changes nothing, so an
-        inference export can store them pre-quantized (see lightnas_cli.export)."""
-        return self.weight_quantizer(F, weight)
 
     @property
     def pads_with_minus_one(self) -> bool:
@@ -143,7 +165,7 @@ class QConv2D(gluon.HybridBlock):
                 f"weight_scaling={self.weight_scaling!r})")
 
 
-class QDense(gluon.HybridBlock):
+class QDense(QLayerBase):
     """Fully connected layer with optional binarization of inputs and weights.
 
     A drop-in for ``gluon.nn.Dense`` (parameters ``weight`` of shape (units, in_units) and
@@ -161,35 +183,13 @@ class QDense(gluon.HybridBlock):
         super().__init__(prefix=prefix, params=params)
         self.units = int(units)
         self.use_bias = bool(use_bias)
-        self.bits = check_bits(bits)
-        self.clip = float(clip)
-        self.weight_scaling = check_weight_scaling(weight_scaling)
-        self.activation = check_activation(activation)
-        self.activation_quantizer: Quantizer = activation_quantizer(self.bits, clip=self.clip,
-                                                                    method=self.activation)
-        self.weight_quantizer: Quantizer = weight_quantizer(self.bits, self.weight_scaling)
-        with self.name_scope():
-            self.weight = self.params.get("weight", shape=(self.units, int(in_units)),
-                                          init=weight_initializer, allow_deferred_init=True)
-            if self.use_bias:
-                self.bias = self.params.get("bias", shape=(self.units,), init=bias_initializer,
-                                            allow_deferred_init=True)
-            else:
-                self.bias = None
-
-    @property
-    def is_binary(self) -> bool:
-        """True when inputs and weights are binarized (bits == 1)."""
-        return self.bits == 1
+        self._set_quantization(bits, clip, weight_scaling, activation)
+        self._build((self.units, int(in_units)), weight_initializer, bias_initializer)
 
     @property
     def in_units(self) -> int:
         """Input features; 0 until the shape is known (deferred initialization)."""
         return int(self.weight.shape[1])
-
-    def quantized_weight(self, F: Any, weight: Any) -> Any:
-        """The weights the layer really uses (idempotent, see `QConv2D.quantized_weight`)."""
-        return self.weight_quantizer(F, weight)
 
     def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any = None) -> Any:
         x = self.activation_quantizer(F, F.flatten(x))

@@ -53,7 +53,17 @@ class ShiftedConvMixin:
     A pruned kernel that lost its oldest taps (or whose dilation grew) must read the same input
     positions as the masked kernel: the left padding shrinks by the lost span ("shift"), the
     right one stays. Gluon convolutions only pad symmetrically, hence this small wrapper.
+    Put it before the Gluon convolution in the bases: it takes over that layer's ``padding``
+    and crops/pads the input before the convolution's own forward.
     """
+
+    def __init__(self, *args: Any, pad_before: Sequence[int], pad_after: Sequence[int],
+                 **kwargs: Any):
+        super().__init__(*args, padding=0, **kwargs)
+        self._init_shift(pad_before, pad_after)
+
+    def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any = None) -> Any:
+        return super().hybrid_forward(F, self._shift(F, x), weight, bias)
 
     def _init_shift(self, pad_before: Sequence[int], pad_after: Sequence[int]) -> None:
         self._pad_before = tuple(int(p) for p in pad_before)
@@ -79,25 +89,9 @@ class ShiftedConvMixin:
 class ShiftedConv1D(ShiftedConvMixin, nn.Conv1D):
     """A Conv1D reading its input through an asymmetric crop/pad (see `ShiftedConvMixin`)."""
 
-    def __init__(self, *args: Any, pad_before: Sequence[int], pad_after: Sequence[int],
-                 **kwargs: Any):
-        super().__init__(*args, padding=0, **kwargs)
-        self._init_shift(pad_before, pad_after)
-
-    def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any = None) -> Any:
-        return super().hybrid_forward(F, self._shift(F, x), weight, bias)
-
 
 class ShiftedConv2D(ShiftedConvMixin, nn.Conv2D):
     """A Conv2D reading its input through an asymmetric crop/pad (see `ShiftedConvMixin`)."""
-
-    def __init__(self, *args: Any, pad_before: Sequence[int], pad_after: Sequence[int],
-                 **kwargs: Any):
-        super().__init__(*args, padding=0, **kwargs)
-        self._init_shift(pad_before, pad_after)
-
-    def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any = None) -> Any:
-        return super().hybrid_forward(F, self._shift(F, x), weight, bias)
 
 
 def kept_taps(kernel_size: int, count: int, step: int) -> np.ndarray:

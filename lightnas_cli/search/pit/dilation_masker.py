@@ -19,7 +19,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
 
-from lightnas_cli.search.pit.features_masker import PITMasker
+from lightnas_cli.search.pit.features_masker import PITFrozenMasker, PITMasker
 
 
 def gamma_length(kernel_size: int) -> int:
@@ -71,7 +71,7 @@ class PITDilationMasker(PITMasker):
         return [2 ** i for i in range(self.size)]
 
 
-class PITFrozenDilationMasker(PITMasker):
+class PITFrozenDilationMasker(PITFrozenMasker):
     """Every tap kept (dilation 1): layers whose dilation is not searched."""
 
     param_name = "gamma"
@@ -80,27 +80,6 @@ class PITFrozenDilationMasker(PITMasker):
         self.kernel_size = int(kernel_size)
         super().__init__(self.kernel_size, trainable=False, prefix=prefix)
         self.norm = np.ones(self.kernel_size, dtype=np.float32)
-
-    def forward_params(self) -> dict[str, gluon.Parameter]:
-        return {}
-
-    def theta(self, F: Any) -> Any:
-        return F.ones(shape=(self.kernel_size,))
-
-    def theta_nd(self, ctx: mx.Context | None = None) -> nd.NDArray:
-        return nd.ones((self.kernel_size,), ctx=ctx or mx.cpu())
-
-    @property
-    def trainable(self) -> bool:
-        return False
-
-    @trainable.setter
-    def trainable(self, value: bool) -> None:
-        self._trainable = False
-
-    @property
-    def frozen(self) -> bool:
-        return True
 
     @property
     def dilations(self) -> list[int]:

@@ -75,6 +75,37 @@ class PITMasker(gluon.HybridBlock):
         return value if self._trainable else F.BlockGrad(value)
 
 
+class PITFrozenMasker(PITMasker):
+    """Base of the frozen maskers: a constant mask of `size` ones, never trainable.
+
+    Shared by the frozen α, β and γ maskers, which differ only in `param_name` and in what
+    their layers read from them (`norm`, `dilations`).
+    """
+
+    def forward_params(self) -> dict[str, gluon.Parameter]:
+        # No parameters: layers skip frozen masks, and an unused graph input would only warn.
+        return {}
+
+    def theta(self, F: Any) -> Any:
+        return F.ones(shape=(self.size,))
+
+    def theta_nd(self, ctx: mx.Context | None = None) -> nd.NDArray:
+        return nd.ones((self.size,), ctx=ctx or mx.cpu())
+
+    @property
+    def trainable(self) -> bool:
+        return False
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        # Never trainable: flags set on the whole model leave it as it is.
+        self._trainable = False
+
+    @property
+    def frozen(self) -> bool:
+        return True
+
+
 class PITFeaturesMasker(PITMasker):
     """α: one mask element per output channel; the last `keep_alive` channels always kept."""
 
@@ -107,33 +138,10 @@ class PITFeaturesMasker(PITMasker):
         return self.alpha
 
 
-class PITFrozenFeaturesMasker(PITMasker):
+class PITFrozenFeaturesMasker(PITFrozenMasker):
     """All channels always kept: the network's outputs, inputs and unprunable components."""
 
     param_name = "alpha"
 
     def __init__(self, channels: int, prefix: str | None = None):
         super().__init__(channels, trainable=False, prefix=prefix)
-
-    def forward_params(self) -> dict[str, gluon.Parameter]:
-        # No parameters: layers skip frozen masks, and an unused graph input would only warn.
-        return {}
-
-    def theta(self, F: Any) -> Any:
-        return F.ones(shape=(self.size,))
-
-    def theta_nd(self, ctx: mx.Context | None = None) -> nd.NDArray:
-        return nd.ones((self.size,), ctx=ctx or mx.cpu())
-
-    @property
-    def trainable(self) -> bool:
-        return False
-
-    @trainable.setter
-    def trainable(self, value: bool) -> None:
-        # Never trainable: flags set on the whole model leave it as it is.
-        self._trainable = False
-
-    @property
-    def frozen(self) -> bool:
-        return True

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
 
-from lightnas_cli.search.pit.features_masker import PITMasker
+from lightnas_cli.search.pit.features_masker import PITFrozenMasker, PITMasker
 
 
 class PITTimestepMasker(PITMasker):
@@ -49,7 +49,7 @@ class PITTimestepMasker(PITMasker):
         return self.beta
 
 
-class PITFrozenTimestepMasker(PITMasker):
+class PITFrozenTimestepMasker(PITFrozenMasker):
     """Every tap kept: layers whose receptive field is not searched (stride > 1, 1-tap kernels)."""
 
     param_name = "beta"
@@ -57,24 +57,3 @@ class PITFrozenTimestepMasker(PITMasker):
     def __init__(self, kernel_size: int, prefix: str | None = None):
         super().__init__(kernel_size, trainable=False, prefix=prefix)
         self.norm = np.ones(self.size, dtype=np.float32)
-
-    def forward_params(self) -> dict[str, gluon.Parameter]:
-        return {}
-
-    def theta(self, F: Any) -> Any:
-        return F.ones(shape=(self.size,))
-
-    def theta_nd(self, ctx: mx.Context | None = None) -> nd.NDArray:
-        return nd.ones((self.size,), ctx=ctx or mx.cpu())
-
-    @property
-    def trainable(self) -> bool:
-        return False
-
-    @trainable.setter
-    def trainable(self, value: bool) -> None:
-        self._trainable = False
-
-    @property
-    def frozen(self) -> bool:
-        return True
