@@ -195,6 +195,17 @@ def _finish(run: RunDir, cfg: DictConfig, method, logger: RunLogger, history: li
     logger.info(f"tensorboard:     {run.logs}  (bash shell_scripts/run_tensorboard.sh)")
 
 
+def restore_method(run: RunDir, logger, epoch: int | None = None):
+    """(method, checkpoint): a run's method as it was after `epoch` (None: the newest complete
+    checkpoint), built from the saved config and the data spec alone (no data files read)."""
+    cfg = config_mod.load_config(run.config_file)
+    seed_everything(cfg.seed, "setup")
+    ckpt = checkpoint.load(run.checkpoints, epoch, warn=logger.warn)
+    method = create_method(cfg, SpecOnly(data_mod.describe(cfg.data)), logger)
+    method.load_state(ckpt.arrays, ckpt.state["method"])
+    return method, ckpt
+
+
 def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("inference_only",
                "trainable"), out: Path | None = None, root: Path = Path("trainings"),
                logger_factory=RunLogger) -> dict:
@@ -215,11 +226,8 @@ def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("i
     if not checkpoint.complete_epochs(run.checkpoints):
         raise CheckpointError(f"run {run.name!r} has no checkpoint to export (it stopped during "
                               f"its first epoch); resume or re-run it first")
-    seed_everything(cfg.seed, "setup")
     with logger_factory(run.logs, tensorboard=False) as logger:
-        ckpt = checkpoint.load(run.checkpoints, wanted, warn=logger.warn)
-        method = create_method(cfg, SpecOnly(data_mod.describe(cfg.data)), logger)
-        method.load_state(ckpt.arrays, ckpt.state["method"])
+        method, ckpt = restore_method(run, logger, wanted)
         architecture = method.derive()
         return export_architecture(method, architecture, Path(out) if out else run.exported,
                                    export_name(cfg), ckpt.epoch, tuple(kinds))

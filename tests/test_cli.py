@@ -73,16 +73,14 @@ def test_architecture_record_is_complete(workdir: Path) -> None:
 
 
 def test_exported_model_matches_in_fresh_process(workdir: Path, tmp_path: Path) -> None:
-    from lightnas_cli import checkpoint, config, data, runner
+    from lightnas_cli import runner
+    from lightnas_cli.runs import RunDir
     from lightnas_cli.logging import RunLogger
     from lightnas_cli.search.base import Architecture
 
     run = workdir / "trainings" / RUN
-    cfg = config.load_config(run / "config.yaml")
     with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
-        method = runner.create_method(cfg, runner.SpecOnly(data.describe(cfg.data)), logger)
-        ckpt = checkpoint.load(run / "checkpoints")
-        method.load_state(ckpt.arrays, ckpt.state["method"])
+        method, _ = runner.restore_method(RunDir(run), logger)
         arch = Architecture.from_json((run / "exported_models" / "inference_only" /
                                        "resnet_e18-0002-architecture.json").read_text())
         net = method.build(arch)

@@ -82,7 +82,8 @@ def test_export_loads_in_a_fresh_process_and_reproduces_outputs(workdir: Path,
                                                               tmp_path: Path) -> None:
     import mxnet as mx
 
-    from lightnas_cli import checkpoint, config, data, runner
+    from lightnas_cli import runner
+    from lightnas_cli.runs import RunDir
     from lightnas_cli.logging import RunLogger
     from lightnas_cli.search.base import Architecture
 
@@ -91,11 +92,8 @@ def test_export_loads_in_a_fresh_process_and_reproduces_outputs(workdir: Path,
     assert result.returncode == 0, result.stdout + result.stderr
     folder = out / "inference_only"
     run = workdir / "trainings" / "mel"
-    cfg = config.load_config(run / "config.yaml")
     with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
-        method = runner.create_method(cfg, runner.SpecOnly(data.describe(cfg.data)), logger)
-        ckpt = checkpoint.load(run / "checkpoints")
-        method.load_state(ckpt.arrays, ckpt.state["method"])
+        method, _ = runner.restore_method(RunDir(run), logger)
         arch = Architecture.from_json((folder / "meliusnet22-0002-architecture.json").read_text())
         net = method.build(arch)
     x = np.random.RandomState(0).normal(size=(4, 1, 8, 8)).astype("float32")

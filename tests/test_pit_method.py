@@ -84,17 +84,15 @@ def test_exported_pruned_network_loads_in_a_fresh_process(workdir: Path, tmp_pat
                    check=True, env=cli_env(), cwd=tmp_path, timeout=120)
     fresh = np.load(tmp_path / "out.npy")
 
-    from lightnas_cli import checkpoint, config, data, runner
+    from lightnas_cli import runner
+    from lightnas_cli.runs import RunDir
     from lightnas_cli.logging import RunLogger
     from lightnas_cli.search.base import Architecture
     from lightnas_cli import costs
     import mxnet as mx
 
-    cfg = config.load_config(run / "config.yaml")
     with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
-        method = runner.create_method(cfg, runner.SpecOnly(data.describe(cfg.data)), logger)
-        ckpt = checkpoint.load(run / "checkpoints")
-        method.load_state(ckpt.arrays, ckpt.state["method"])
+        method, _ = runner.restore_method(RunDir(run), logger)
         arch = Architecture.from_json(
             (run / "exported_models" / "inference_only" / "tcn-0003-architecture.json")
             .read_text())
@@ -129,17 +127,15 @@ def test_export_command_and_architecture_edit(workdir: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "inference_only" / "tcn-symbol.json").is_file()
 
-    from lightnas_cli import checkpoint, config, data, runner
+    from lightnas_cli import runner
+    from lightnas_cli.runs import RunDir
     from lightnas_cli.errors import ArchitectureError
     from lightnas_cli.logging import RunLogger
     from lightnas_cli.search.base import Architecture
 
     run = workdir / "trainings" / "part"
-    cfg = config.load_config(run / "config.yaml")
     with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
-        method = runner.create_method(cfg, runner.SpecOnly(data.describe(cfg.data)), logger)
-        ckpt = checkpoint.load(run / "checkpoints")
-        method.load_state(ckpt.arrays, ckpt.state["method"])
+        method, _ = runner.restore_method(RunDir(run), logger)
         arch = method.derive()
         record = arch.to_dict()
         # A user may edit an architecture: one channel in the first layer builds.

@@ -20,7 +20,7 @@ since a 64-bit CPU computes 64 binary MACs with one XNOR and one popcount.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
