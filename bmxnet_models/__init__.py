@@ -59,10 +59,8 @@ def get_model_factory(name: str) -> ModelFactory:
 
     For a family name ``prefix:ARG`` it is the family constructor with ARG bound.
     """
-    try:
+    if name in _MODELS:
         return _MODELS[name]
-    except KeyError:
-        pass
     prefix, colon, argument = str(name).partition(":")
     if colon and prefix in _FAMILIES:
         factory, _ = _FAMILIES[prefix]
