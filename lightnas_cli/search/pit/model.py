@@ -50,9 +50,11 @@ class PITModel(gluon.HybridBlock):
                               exclude_types, self.threshold)
         with self.name_scope():
             self.seed = net
-        # Regularizer graphs by name; kept outside Gluon's child registry (their norm
+        # Regularizer graphs by name, their (1,) dummy inputs by context and one network
+        # parameter for the contexts; kept outside Gluon's child registry (their norm
         # constants are no part of the network's graph).
-        self._cost_graphs = SimpleNamespace(graphs={})
+        first_param = next(iter(net.collect_params().values()))
+        self._cost_graphs = SimpleNamespace(graphs={}, dummies={}, context_param=first_param)
         self.train_channels = train_channels
         self.train_rf = train_rf
         self.train_dilation = train_dilation
@@ -186,19 +188,28 @@ class PITModel(gluon.HybridBlock):
         """
         if name not in REGULARIZERS:
             raise ValueError(f"unknown regularizer {name!r}; choose one of {REGULARIZERS}")
-        contexts = self._contexts()
-        ctx = ctx or contexts[0]
-        if not self.all_maskers():
-            return nd.array([float(self.costs(False)[name])], ctx=ctx)
         graph = self._cost_graphs.graphs.get(name)
         if graph is None:
-            graph = CostGraph(self.layers, self.all_maskers(), name, self.threshold, contexts)
+            if not self.all_maskers():
+                return nd.array([float(self.costs(False)[name])], ctx=ctx or self._contexts()[0])
+            graph = CostGraph(self.layers, self.all_maskers(), name, self.threshold,
+                              self._contexts())
             graph.hybridize()
             self._cost_graphs.graphs[name] = graph
-        return graph(nd.zeros((1,), ctx=ctx))
+        ctx = ctx or self._contexts()[0]
+        return graph(self._dummy_input(ctx))
+
+    def _dummy_input(self, ctx: mx.Context) -> nd.NDArray:
+        """The cost graphs' (1,) zero input on `ctx`, made once."""
+        dummies = self._cost_graphs.dummies
+        if ctx not in dummies:
+            dummies[ctx] = nd.zeros((1,), ctx=ctx)
+        return dummies[ctx]
 
     def _contexts(self) -> list[mx.Context]:
-        return next(iter(self.seed.collect_params().values())).list_ctx()
+        # One parameter of the network, found once (collect_params walks every block: too slow
+        # for a call made every training step); its contexts follow reset_ctx.
+        return self._cost_graphs.context_param.list_ctx()
 
     # --- results ------------------------------------------------------------------------
     def summary(self) -> list[dict[str, Any]]:
