@@ -126,6 +126,21 @@ class SearchMethod(abc.ABC):
         self.classes = int(data.spec.classes)
         self.model_name = config.model.name
 
+    def make_architecture(self, decisions: list[Decision], costs: dict) -> Architecture:
+        """An Architecture of this run's method, base model, options, input and classes."""
+        return Architecture(method=self.name, base_model=self.model_name,
+                            model_options=dict(self.model_options),
+                            input_shape=list(self.input_shape), classes=self.classes,
+                            decisions=decisions, costs=costs)
+
+    def check_architecture(self, architecture: Architecture) -> None:
+        """Refuse an architecture derived for another base model or other data."""
+        if architecture.base_model != self.model_name:
+            raise ArchitectureError(f"architecture is for {architecture.base_model!r}, but this "
+                                    f"run searched {self.model_name!r}")
+        if architecture.input_shape != self.input_shape or architecture.classes != self.classes:
+            raise ArchitectureError("architecture input shape/classes differ from the run's data")
+
     @abc.abstractmethod
     def train_epoch(self, epoch: int) -> dict:
         """Train weights (and architecture parameters) for one epoch; return metrics."""

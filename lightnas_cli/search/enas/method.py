@@ -300,16 +300,10 @@ class EnasSearch(SearchMethod):
         costs = total.as_dict()
         costs.update(cost_name=self.config.enas.cost, cost=cost_fn(total),
                      cost_target=self.cost_target)
-        return Architecture(method="enas", base_model=self.model_name,
-                            model_options=dict(self.model_options), input_shape=self.input_shape,
-                            classes=self.classes, decisions=decisions, costs=costs)
+        return self.make_architecture(decisions, costs)
 
     def build(self, architecture: Architecture) -> gluon.HybridBlock:
-        if architecture.base_model != self.model_name:
-            raise ArchitectureError(f"architecture is for {architecture.base_model!r}, but this "
-                                    f"run searched {self.model_name!r}")
-        if architecture.input_shape != self.input_shape or architecture.classes != self.classes:
-            raise ArchitectureError("architecture input shape/classes differ from the run's data")
+        self.check_architecture(architecture)
         values = architecture.values()
         if len(values) != len(self.units):
             raise ArchitectureError(f"architecture has {len(values)} units, the supernet has "

@@ -280,16 +280,10 @@ class PitSearch(SearchMethod):
         costs.update({f"{k}_full": v for k, v in self.full_costs.items()})
         costs.update(cost_name=self.cost_name, cost=float(derived[self.cost_name]),
                      cost_ratio=float(derived[self.cost_name]) / max(self.full_cost, 1.0))
-        return Architecture(method="pit", base_model=self.model_name,
-                            model_options=dict(self.model_options), input_shape=self.input_shape,
-                            classes=self.classes, decisions=decisions, costs=costs)
+        return self.make_architecture(decisions, costs)
 
     def build(self, architecture: Architecture) -> gluon.HybridBlock:
-        if architecture.base_model != self.model_name:
-            raise ArchitectureError(f"architecture is for {architecture.base_model!r}, but this "
-                                    f"run searched {self.model_name!r}")
-        if architecture.input_shape != self.input_shape or architecture.classes != self.classes:
-            raise ArchitectureError("architecture input shape/classes differ from the run's data")
+        self.check_architecture(architecture)
         layers = {path: layer for path, layer in self.model.pit_layers}
         known = {entry.path for entry in self.model.layers}
         counts: dict[int, int] = {}
