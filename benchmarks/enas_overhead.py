@@ -26,7 +26,7 @@ from mxnet import autograd, gluon, nd  # noqa: E402
 
 import bmxnet_models  # noqa: E402
 from lightnas_cli.search.enas.controller import Controller  # noqa: E402
-from lightnas_cli.search.enas.unit import find_units, fixed_choices, hybridize_supernet  # noqa: E402
+from bmxnet_models.enas.unit import find_units, fixed_choices, hybridize_supernet  # noqa: E402
 
 
 def make_step(net, batch, labels):

@@ -38,7 +38,7 @@ reductions; likewise 29, 42, 59), which is what a derived ENAS architecture conv
 
 The same two block classes serve plain networks, custom strings and ENAS: `DenseBlockEnas` and
 `ImprovementBlockEnas` are decorated with
-``enas_unit(replace_by_skip_connection=Categorical(True, False))`` (seed 000, separate
+``enas_unit(replace_by_skip_connection=(True, False))`` (seed 000, separate
 parameters per candidate). Called with ``replace_by_skip_connection=`` they return a plain block,
 without it an `EnasUnit`: a skipped dense block is the 1x1 convolution, a skipped improvement
 block is the identity.
@@ -47,14 +47,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from autogluon.common.space import Categorical
 from mxnet import gluon
 from mxnet.gluon import nn
 
 from bmxnet_models.binary import (QConv2D, check_activation, check_binary_padding,
                                   check_weight_scaling)
+from bmxnet_models.enas.unit import enas_unit
 from lightnas_cli.errors import ArchitectureError, ConfigError
-from lightnas_cli.search.enas.unit import enas_unit
 
 __all__ = ["DenseBlockEnas", "ImprovementBlockEnas", "DenseBlock", "ImprovementBlock",
            "Transition", "CeilMaxPool2D", "MeliusNet", "MELIUSNET_SPEC", "STEMS", "CUSTOM_LETTERS",
@@ -194,7 +193,7 @@ def _binary_conv(channels: int, kernel: int, in_channels: int, grad_cancel: floa
                    binary_padding=binary_padding)
 
 
-@enas_unit(replace_by_skip_connection=Categorical(True, False))
+@enas_unit(replace_by_skip_connection=(True, False))
 class DenseBlockEnas(gluon.HybridBlock):
     """``concat(x, conv(BatchNorm(x)))``: adds ``growth`` channels.
 
@@ -225,7 +224,7 @@ class DenseBlockEnas(gluon.HybridBlock):
         return F.concat(x, self.conv(self.bn(x)), dim=1)
 
 
-@enas_unit(replace_by_skip_connection=Categorical(True, False))
+@enas_unit(replace_by_skip_connection=(True, False))
 class ImprovementBlockEnas(gluon.HybridBlock):
     """Adds ``conv(BatchNorm(x))`` (binary 3x3, ``growth`` channels) to the newest ``growth``
     channels of ``x``; skipped (``replace_by_skip_connection=True``) it is the identity."""

@@ -24,7 +24,7 @@ A 32-bit block is BatchNorm -> ReLU -> full-precision convolution (BMXNet-v2's d
 activation for 32 bits is ReLU), so a float block is not a linear map.
 
 One block class serves both the plain network and ENAS: `BasicBlockEnas` is decorated with
-``enas_unit(bits=Categorical(1, 32), share_parameters=True)`` (seed 000: ResNet blocks choose
+``enas_unit(bits=(1, 32), share_parameters=True)`` (seed 000: ResNet blocks choose
 1 or 32 bits; the full-precision weights are always trained and binarized when 1 bit is
 chosen). Called with ``bits=`` it returns a plain block; called without, an `EnasUnit`.
 
@@ -35,14 +35,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from autogluon.common.space import Categorical
 from mxnet import gluon
 from mxnet.gluon import nn
 
 from bmxnet_models.binary import (QConv2D, check_activation, check_binary_padding, check_bits,
                                   check_weight_scaling)
+from bmxnet_models.enas.unit import enas_unit
 from lightnas_cli.errors import ConfigError
-from lightnas_cli.search.enas.unit import enas_unit
 
 __all__ = ["BasicBlockEnas", "BasicBlockE", "ResNetE", "ShortcutAvgPool", "resnet_e18",
            "resnet_e34", "RESNET_SPEC", "STEMS", "blocks_per_stage"]
@@ -84,7 +83,7 @@ class ShortcutAvgPool(gluon.HybridBlock):
                          pool_type="avg", pooling_convention="valid", name="fwd")
 
 
-@enas_unit(bits=Categorical(1, 32), share_parameters=True)
+@enas_unit(bits=(1, 32), share_parameters=True)
 class BasicBlockEnas(gluon.HybridBlock):
     """ResNet-E block: ``shortcut(x) + conv3x3_bits(BatchNorm(x))``.
 

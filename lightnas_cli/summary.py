@@ -185,7 +185,7 @@ def _summarize_run(reference: str, input_shape: Sequence[int] | None, classes: i
     layers, totals = summarize(net, architecture.input_shape)
     custom = None
     if architecture.method == "enas" and architecture.base_model.startswith("meliusnet"):
-        from bmxnet_models.enas.meliusnet import architecture_to_custom_string
+        from lightnas_cli.search.enas.space import architecture_to_custom_string
         custom = architecture_to_custom_string(architecture)
     return ModelSummary(model=f"{RUN_PREFIX}{run.name} ({architecture.base_model})",
                         input_shape=architecture.input_shape, classes=architecture.classes,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from lightnas_cli.search.enas.unit import active_parameters
+from bmxnet_models.enas.unit import active_parameters
 
 
 def random_data(shape: Sequence[int], seed: int = 0) -> nd.NDArray:

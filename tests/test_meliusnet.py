@@ -7,16 +7,16 @@ from mxnet.gluon import nn
 
 import bmxnet_models
 from bmxnet_models.binary import QConv2D
-from bmxnet_models.enas.meliusnet import (architecture_from_custom_string,
-                                          architecture_to_custom_string,
-                                          custom_string_from_values, values_from_custom_string)
+from bmxnet_models.enas.meliusnet import custom_string_from_values, values_from_custom_string
+from lightnas_cli.search.enas.space import (architecture_from_custom_string,
+                                           architecture_to_custom_string)
 from bmxnet_models.meliusnet import (MELIUSNET_SPEC, CeilMaxPool2D, DenseBlock, ImprovementBlock,
                                      Transition,
                                      meliusnet22, meliusnet29, meliusnet42, meliusnet59,
                                      size_layout)
 from lightnas_cli import costs
 from lightnas_cli.errors import ArchitectureError, ConfigError
-from lightnas_cli.search.enas.unit import find_units, fixed_choices, hybridize_supernet
+from bmxnet_models.enas.unit import find_units, fixed_choices, hybridize_supernet
 
 from helpers import (assert_export_round_trip, assert_matches_supernet, copy_active_parameters,
                      random_data, randomize)

@@ -122,7 +122,7 @@ print("max diff", diff)
 
 
 def test_summary_of_the_run_and_its_custom_string(workdir: Path) -> None:
-    from bmxnet_models.enas.meliusnet import architecture_to_custom_string
+    from lightnas_cli.search.enas.space import architecture_to_custom_string
     from lightnas_cli.search.base import Architecture
 
     result = _cli(["summary", "run:mel", "--json"], workdir)

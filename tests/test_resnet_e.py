@@ -10,7 +10,7 @@ from bmxnet_models.binary import QConv2D
 from bmxnet_models.resnet_e import (BasicBlockE, ShortcutAvgPool, blocks_per_stage, resnet_e18,
                                     resnet_e34)
 from lightnas_cli.errors import ConfigError
-from lightnas_cli.search.enas.unit import (EnasUnit, find_units, fixed_choices,
+from bmxnet_models.enas.unit import (EnasUnit, find_units, fixed_choices,
                                            hybridize_supernet)
 
 from helpers import assert_export_round_trip, assert_matches_supernet, random_data, randomize

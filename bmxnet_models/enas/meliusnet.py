@@ -1,22 +1,23 @@
-"""ENAS view of MeliusNet, and conversion between derived architectures and custom strings.
+"""ENAS view of MeliusNet, and conversion between per-unit choice values and custom strings.
 
 The blocks are implemented once, in `bmxnet_models.meliusnet`: `DenseBlockEnas` (skipped: a
 binary 1x1 convolution, still adding the growth channels) and `ImprovementBlockEnas` (skipped:
-the identity), each ``@enas_unit(replace_by_skip_connection=Categorical(True, False))`` with
+the identity), each ``@enas_unit(replace_by_skip_connection=(True, False))`` with
 separate parameters per candidate (seed 000). A supernet is ``meliusnet22(enas=True, ...)``:
 one unit per dense and per improvement block, so MeliusNet-22 (4 + 5 + 4 + 4 blocks) has 34
 decisions.
 
-A derived architecture of ``meliusnetNN`` converts to the string of ``meliusnetNN_custom``
-(seed 000): ``D`` for a kept dense block, ``S`` for a skipped one, ``I`` for a kept improvement
-block, nothing for a skipped one (the identity), ``T`` between stages. Built from that string,
-the network has the derived network's layers and parameter count; and the string converts
-back into the same decisions.
+Per-unit choice values of ``meliusnetNN`` (as a derived architecture lists them) convert to
+the string of ``meliusnetNN_custom`` (seed 000): ``D`` for a kept dense block, ``S`` for a
+skipped one, ``I`` for a kept improvement block, nothing for a skipped one (the identity),
+``T`` between stages. Built from that string, the network has the derived network's layers and
+parameter count; and the string converts back into the same values. Turning values into
+architecture records is the search package's job (`lightnas_cli.search.enas.space`).
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 from bmxnet_models.meliusnet import (MELIUSNET_SPEC, DenseBlock, DenseBlockEnas, ImprovementBlock,
                                      ImprovementBlockEnas, meliusnet22, meliusnet29, meliusnet42,
@@ -25,8 +26,7 @@ from lightnas_cli.errors import ArchitectureError
 
 __all__ = ["DenseBlockEnas", "ImprovementBlockEnas", "DenseBlock", "ImprovementBlock",
            "meliusnet22", "meliusnet29", "meliusnet42", "meliusnet59", "CHOICE",
-           "custom_string_from_values", "values_from_custom_string",
-           "architecture_to_custom_string", "architecture_from_custom_string"]
+           "custom_string_from_values", "values_from_custom_string", "size_of"]
 
 #: The one choice of every MeliusNet unit.
 CHOICE = "replace_by_skip_connection"
@@ -34,7 +34,7 @@ _BASE = re.compile(r"^meliusnet(\d+)$")
 _CUSTOM = re.compile(r"^meliusnet(\d+)_custom:(.*)$", re.S)
 
 
-def _size_of(base_model: str) -> int:
+def size_of(base_model: str) -> int:
     match = _BASE.match(base_model)
     if not match or int(match.group(1)) not in MELIUSNET_SPEC:
         raise ArchitectureError(f"{base_model!r} is not a MeliusNet ENAS base model; custom "
@@ -105,39 +105,3 @@ def values_from_custom_string(name: str) -> tuple[int, list[dict]]:
                                     f"blocks (D or S) but MeliusNet-{size} has {count} there")
         offset += len(tokens) + 1
     return size, values
-
-
-def architecture_to_custom_string(architecture: Any) -> str:
-    """The ``meliusnetNN_custom:...`` string of a derived MeliusNet ENAS `Architecture`."""
-    return custom_string_from_values(_size_of(architecture.base_model), architecture.values())
-
-
-def architecture_from_custom_string(name: str, classes: int, input_shape: Sequence[int],
-                                    model_options: dict | None = None) -> Any:
-    """An ENAS `Architecture` of ``meliusnetNN`` with the decisions a custom string encodes.
-
-    Decision names are the supernet's unit paths, as `EnasSearch.derive` writes them, so
-    `EnasSearch.build` (or ``fixed_choices``) accepts the record.
-    """
-    import bmxnet_models
-    from lightnas_cli.search.base import Architecture, Decision
-    from lightnas_cli.search.enas.method import decision_kind, unit_paths
-    from lightnas_cli.search.enas.unit import find_units
-
-    size, values = values_from_custom_string(name)
-    # Constructor options as EnasSearch records them: no classes/enas (given separately).
-    options = {k: v for k, v in (model_options or {}).items() if k not in ("classes", "enas")}
-    options.setdefault("in_channels", int(input_shape[0]))
-    supernet = bmxnet_models.get_model(f"meliusnet{size}", classes=int(classes), enas=True,
-                                       **options)
-    units = find_units(supernet)
-    paths = unit_paths(supernet)
-    decisions = []
-    for unit, unit_values in zip(units, values):
-        value = unit_values[CHOICE]
-        options_list = list(unit.choices[CHOICE])
-        decisions.append(Decision(name=paths[id(unit)], choice=CHOICE, value=value,
-                                  options=options_list, kind=decision_kind(CHOICE, value)))
-    return Architecture(method="enas", base_model=f"meliusnet{size}", model_options=options,
-                        input_shape=[int(v) for v in input_shape], classes=int(classes),
-                        decisions=decisions)

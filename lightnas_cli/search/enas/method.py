@@ -27,34 +27,10 @@ from lightnas_cli.checkpoint import load_trainer_state, trainer_state
 from lightnas_cli.errors import ArchitectureError, ConfigError
 from lightnas_cli.search.base import Architecture, Decision, SearchMethod, register_method
 from lightnas_cli.search.enas.controller import Controller, Reinforce
-from lightnas_cli.search.enas.unit import (EnasUnit, active_parameters, find_units,
-                                           fixed_choices, hybridize_supernet)
+from bmxnet_models.enas.unit import (EnasUnit, active_parameters, find_units, fixed_choices,
+                                     hybridize_supernet)
+from lightnas_cli.search.enas.space import decision_kind, unit_paths
 from lightnas_cli.seeding import derive_seed, seed_everything
-
-# How graphs colour a decision, by (choice name, value).
-_KINDS = {("bits", 1): "binary", ("bits", 32): "float",
-          ("replace_by_skip_connection", True): "skip",
-          ("replace_by_skip_connection", False): "keep"}
-
-
-def decision_kind(choice: str, value) -> str:
-    return _KINDS.get((choice, value), "other")
-
-
-def unit_paths(net: gluon.Block) -> dict[int, str]:
-    """Stable, human-readable names of the units: their path of child names ("stages.1.0")."""
-    paths: dict[int, str] = {}
-
-    def walk(block: gluon.Block, path: str) -> None:
-        if isinstance(block, EnasUnit):
-            paths[id(block)] = path or block.name
-            return
-        for key, child in block._children.items():
-            walk(child, f"{path}.{key}" if path else str(key))
-
-    walk(net, "")
-    return paths
-
 
 def structural_params(net: gluon.Block) -> dict[str, gluon.Parameter]:
     """Parameters by structural name (stable across processes), each shared one once."""

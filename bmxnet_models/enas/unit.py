@@ -1,4 +1,9 @@
-"""`enas_unit`: declare a searchable block with `autogluon.common.space.Categorical` choices.
+"""`enas_unit`: declare a searchable block whose constructor takes categorical choices.
+
+This is zoo machinery (it builds networks), so it lives in `bmxnet_models` and imports nothing
+of the search package; `lightnas_cli.search.enas` turns the units' choices into architecture
+records. Choices are given as `autogluon.common.space.Categorical` (seed 000) or as a plain
+list/tuple; the zoo uses tuples so that importing it does not import autogluon.
 
 Usage (seed 000)::
 
@@ -27,7 +32,6 @@ import itertools
 import threading
 from typing import Any, Iterator, Sequence
 
-from autogluon.common.space import Categorical
 from mxnet import gluon
 
 from lightnas_cli.errors import ArchitectureError
@@ -131,16 +135,23 @@ class EnasUnit(gluon.HybridBlock):
         raise RuntimeError("EnasUnit dispatches in forward()")
 
 
-def enas_unit(share_parameters: bool = False, **choices: Categorical):
-    """Class decorator that makes a HybridBlock searchable over the given Categorical choices.
+def _choice_values(key: str, space: Any) -> list:
+    """The options of one choice: a Categorical's `.data` (duck-typed) or a list/tuple."""
+    values = getattr(space, "data", space)
+    if not isinstance(values, (list, tuple)) or not values:
+        raise TypeError(f"enas_unit choice {key!r} must be a Categorical or a non-empty "
+                        f"list/tuple of options, got {space!r}")
+    return list(values)
 
-    The decorated class must accept each choice name as a keyword argument and pass
+
+def enas_unit(share_parameters: bool = False, **choices: Any):
+    """Class decorator that makes a HybridBlock searchable over the given categorical choices.
+
+    Each choice is an `autogluon.common.space.Categorical` or a list/tuple of options. The
+    decorated class must accept each choice name as a keyword argument and pass
     ``prefix``/``params`` through to `HybridBlock.__init__`.
     """
-    for key, space in choices.items():
-        if not isinstance(space, Categorical):
-            raise TypeError(f"enas_unit choice {key!r} must be a Categorical, got {space!r}")
-    options = {key: list(space.data) for key, space in choices.items()}
+    options = {key: _choice_values(key, space) for key, space in choices.items()}
 
     def decorate(block_class: type):
         @functools.wraps(block_class, updated=())
