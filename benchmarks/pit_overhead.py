@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from mxnet import autograd, gluon, nd  # noqa: E402
 
 import bmxnet_models  # noqa: E402
-from lightnas_cli.search.pit import PITModel  # noqa: E402
+from lightnas_cli.search.pit.model import PITModel  # noqa: E402
 
 SHAPE = (3, 32, 32)
 

@@ -11,7 +11,6 @@ Also here: exact save/restore of a Gluon Trainer's optimizer state without `Trai
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from lightnas_cli.errors import CheckpointError
+from lightnas_cli.files import fsync_dir, sha256_file
 
 ARRAYS = "arrays.params"
 STATE = "state.json"
@@ -40,22 +40,6 @@ def _name(epoch: int) -> str:
     return f"epoch-{epoch:04d}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(directory: Path, epoch: int, arrays: dict, state: dict, keep: int,
          protect: tuple[int, ...] = ()) -> Path:
     """Write checkpoint `epoch` atomically, point `latest` at it, keep the newest `keep`.
@@ -72,12 +56,12 @@ def save(directory: Path, epoch: int, arrays: dict, state: dict, keep: int,
     mx.nd.save(str(arrays_file), {k: v.as_in_context(mx.cpu()) for k, v in arrays.items()})
     with open(arrays_file, "rb") as handle:
         os.fsync(handle.fileno())
-    record = {"epoch": epoch, "arrays_sha256": _sha256(arrays_file), "state": state}
+    record = {"epoch": epoch, "arrays_sha256": sha256_file(arrays_file), "state": state}
     with open(tmp / STATE, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         # Re-running an epoch after a resume: the old copy is superseded by an identical one.
         shutil.rmtree(final)
@@ -85,7 +69,7 @@ def save(directory: Path, epoch: int, arrays: dict, state: dict, keep: int,
     latest_tmp = directory / f".{LATEST}.tmp-{os.getpid()}"
     latest_tmp.write_text(_name(epoch) + "\n")
     os.replace(latest_tmp, directory / LATEST)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     _prune(directory, keep, protect + (epoch,))
     return final
 
@@ -121,7 +105,7 @@ def _read(directory: Path, epoch: int) -> Checkpoint:
         raise CheckpointError(f"{state_file} is not valid JSON ({exc})") from None
     if not arrays_file.is_file():
         raise CheckpointError(f"{arrays_file} is missing")
-    if _sha256(arrays_file) != record.get("arrays_sha256"):
+    if sha256_file(arrays_file) != record.get("arrays_sha256"):
         raise CheckpointError(f"{arrays_file} is truncated or changed (checksum mismatch)")
     try:
         arrays = mx.nd.load(str(arrays_file))

@@ -95,7 +95,8 @@ def export(run: str = typer.Argument(..., help="Run name (under trainings/) or r
     kinds = ("inference_only", "trainable") if kind == ExportKind.both else (kind.value,)
     written = runner.export_run(run, epoch, kinds, out, root)
     for name, paths in written.items():
-        _out.print(f"{name}: {paths['symbol']}  {paths['params']}", markup=False)
+        _out.print(f"{name}: {paths['folder']}  ({paths['symbol'].name}, "
+                   f"{paths['params'].name})", markup=False)
 
 
 @app.command()
@@ -147,12 +148,17 @@ def summary_command(
         options: Optional[List[str]] = typer.Option(None, "-o", "--option",
                                                     help="Model option key=value, e.g. "
                                                          "stem=thumbnail (repeatable)."),
+        cost: Optional[List[str]] = typer.Option(None, "--cost",
+                                                 help="Also show this registered cost model "
+                                                      "per layer and in total (repeatable), "
+                                                      "e.g. --cost ops --cost flops."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
         root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
     """Per-layer shapes, 1-bit/32-bit parameters, binary/float MACs, memory, and totals."""
     from lightnas_cli import summary as summary_mod
     result = summary_mod.summarize_model(model, summary_mod.parse_input_shape(input_shape),
-                                         classes, summary_mod.parse_options(options), root)
+                                         classes, summary_mod.parse_options(options), root,
+                                         cost_names=cost or ())
     if as_json:
         typer.echo(result.to_json())
     else:

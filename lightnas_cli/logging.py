@@ -179,17 +179,19 @@ class RunLogger:
                 self.writer.add_scalar(tag, float(value), global_step=step)
 
     def heatmap(self, tag: str, values: list[list[float]], step: int,
-                row_labels: list[str] | None = None, col_labels: list[str] | None = None,
-                cell: int = 16) -> np.ndarray:
-        """Log a blocks x choices probability matrix as an image; returns it (3, H, W) uint8.
+                row_labels: list[str] | None = None,
+                option_labels: list[list[str]] | None = None, cell: int = 16) -> np.ndarray:
+        """Log a decisions x options probability matrix as an image; returns it (3, H, W)
+        uint8. Rows may differ in length (decisions with fewer options are padded).
 
-        The labelled numbers go alongside as text (`<tag>/values`), since the image has none.
+        The labelled numbers go alongside as text (`<tag>/values`), since the image has none;
+        `option_labels[r]` names row r's options.
         """
         image = probability_image(values, cell)
         if self.writer is not None:
             self.writer.add_image(tag, image, global_step=step)
             self.writer.add_text(f"{tag}/values",
-                                 _matrix_markdown(values, row_labels, col_labels),
+                                 _matrix_markdown(values, row_labels, option_labels),
                                  global_step=step)
         return image
 
@@ -262,13 +264,16 @@ class RunLogger:
 
 
 def _matrix_markdown(values: list[list[float]], row_labels: list[str] | None,
-                     col_labels: list[str] | None) -> str:
+                     option_labels: list[list[str]] | None) -> str:
+    """A markdown table, one row per decision, each cell "option: probability"."""
     cols = max((len(row) for row in values), default=0)
-    col_labels = list(col_labels) if col_labels else [str(c) for c in range(cols)]
     row_labels = list(row_labels) if row_labels else [str(r) for r in range(len(values))]
-    lines = ["| | " + " | ".join(str(label) for label in col_labels) + " |",
+    option_labels = list(option_labels) if option_labels else [
+        [str(c) for c in range(len(row))] for row in values]
+    lines = ["| decision | " + " | ".join(f"option {c}" for c in range(cols)) + " |",
              "|---" * (cols + 1) + "|"]
-    for label, row in zip(row_labels, values):
-        cells = [f"{float(v):.3f}" for v in row] + [""] * (cols - len(row))
+    for label, row, options in zip(row_labels, values, option_labels):
+        cells = [f"{option}: {float(v):.3f}" for option, v in zip(options, row)]
+        cells += [""] * (cols - len(cells))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

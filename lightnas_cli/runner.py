@@ -153,11 +153,7 @@ def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: i
     # Logs and graphs are re-made identically if this epoch is re-run after a crash.
     logger.scalars({_tag(k): v for k, v in record.items() if k not in ("epoch", "seconds")}, epoch)
     logger.scalars({f"cost/{k}": v for k, v in architecture.costs.items()}, epoch)
-    probabilities = [d.probabilities for d in architecture.decisions if d.probabilities]
-    if probabilities:
-        logger.heatmap("controller/probabilities", probabilities, epoch,
-                       row_labels=[f"{d.name}:{d.choice}" for d in architecture.decisions],
-                       col_labels=[str(o) for o in architecture.decisions[0].options])
+    _log_probabilities(logger, architecture, epoch)
     viz.write_architecture(architecture, run.architectures / f"epoch_{epoch}")
     best = _best(history + [record])
     if cfg.export.every_epoch:
@@ -170,10 +166,21 @@ def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: i
     run.update_status(epoch=epoch, best_epoch=best["epoch"] if best else None,
                       best_val_accuracy=best.get("val_accuracy") if best else None,
                       cost=record["cost"], cost_name=architecture.costs.get("cost_name"))
-    shown = {k: v for k, v in record.items() if k not in ("epoch", "seconds", "controller_loss")}
+    hidden = ("epoch", "seconds") + tuple(method.console_hidden)
+    shown = {k: v for k, v in record.items() if k not in hidden}
     logger.epoch_summary(epoch, cfg.train.epochs, shown, record["seconds"])
     logger.flush()
     return record
+
+
+def _log_probabilities(logger: RunLogger, architecture, epoch: int) -> None:
+    """The search's per-decision probabilities as an image (decisions x options); decisions
+    may have different numbers of options (shorter rows are padded)."""
+    decisions = [d for d in architecture.decisions if d.probabilities]
+    if decisions:
+        logger.heatmap("search/probabilities", [d.probabilities for d in decisions], epoch,
+                       row_labels=[f"{d.name}:{d.choice}" for d in decisions],
+                       option_labels=[[str(o) for o in d.options] for d in decisions])
 
 
 def export_name(cfg: DictConfig) -> str:
@@ -187,10 +194,14 @@ def _finish(run: RunDir, cfg: DictConfig, method, logger: RunLogger, history: li
     architecture = method.derive()
     written = export_architecture(method, architecture, run.exported, export_name(cfg), last)
     test = method.evaluate("test") if getattr(method.data, "test", None) is not None else {}
+    # Paths inside the run folder are stored relative to it, so a moved run stays consistent.
     run.update_status(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      final_architecture=str(run.architectures / f"epoch_{last}.json"), **test)
+                      final_architecture=str((run.architectures / f"epoch_{last}.json")
+                                             .relative_to(run.path)),
+                      exported=str(written["inference_only"]["folder"].parent
+                                   .relative_to(run.path)), **test)
     logger.info(f"run folder:      {run.path}")
-    logger.info(f"exported model:  {written['inference_only']['symbol']}")
+    logger.info(f"exported model:  {written['inference_only']['folder']}  (and trainable/)")
     logger.info(f"graph:           {run.architectures / f'epoch_{last}'}.png / .dot / .txt")
     logger.info(f"tensorboard:     {run.logs}  (bash shell_scripts/run_tensorboard.sh)")
 

@@ -21,18 +21,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lightnas_cli.errors import RunError
+from lightnas_cli.files import atomic_write
 
 STATUSES = ("running", "finished", "failed", "interrupted")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary sibling and os.replace, fsync'd, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -146,7 +137,7 @@ class RunDir:
             raise ValueError(f"bad status {fields['status']}")
         status.update(fields)
         status["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
-        atomic_write_text(self.run_file, json.dumps(status, indent=2, sort_keys=True) + "\n")
+        atomic_write(self.run_file, json.dumps(status, indent=2, sort_keys=True) + "\n")
         return status
 
     def effective_status(self) -> str:
@@ -176,7 +167,7 @@ class RunDir:
         return records
 
     def rewrite_metrics(self, records: list[dict]) -> None:
-        atomic_write_text(self.metrics_file,
+        atomic_write(self.metrics_file,
                           "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     # --- locking ------------------------------------------------------------------------

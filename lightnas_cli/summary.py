@@ -1,8 +1,9 @@
 """`lightnas summary`: per-layer and total costs of a model, in the spirit of Larq's summary.
 
-Every number comes from `lightnas_cli.costs` (the same counting as ENAS rewards and architecture
-records), with BatchNorm layers included as Larq counts them (`costs.profile(...,
-norm_layers=True)`). A model is named as
+Every number comes from `lightnas_cli.costs` (the same cost models as ENAS rewards, PIT
+regularizers and architecture records), with BatchNorm layers included as Larq counts them
+(`costs.profile(..., norm_layers=True)`); `--cost NAME` adds any registered cost model's
+per-layer column and total. A model is named as
 
 - a zoo name (``meliusnet22``, ``resnet_e18``), with options given as ``-o key=value``;
 - a custom string (``meliusnet_custom:DTSI``, ``meliusnet22_custom:...``);
@@ -36,25 +37,39 @@ class ModelSummary:
     input_shape: list[int]
     classes: int | None
     options: dict
-    layers: list[costs.LayerCost]
+    layers: list[costs.Layer]
     totals: costs.CostSummary = field(default_factory=costs.CostSummary)
     architecture: str | None = None
-    #: For a MeliusNet run: the custom string that rebuilds the derived network.
-    custom_string: str | None = None
+    #: Facts the run's search method adds (e.g. a MeliusNet run's custom string).
+    notes: dict[str, str] = field(default_factory=dict)
+    #: Registered cost models shown per layer and in total (`--cost NAME`).
+    cost_names: list[str] = field(default_factory=list)
 
     def layer_rows(self) -> list[dict]:
-        """One JSON-able dict per layer: shape, 1-bit/32-bit parameters and MACs, memory."""
+        """One JSON-able dict per layer: shape, 1-bit/32-bit parameters and MACs, memory, and
+        the requested cost models' values."""
+        params, macs = costs.get_cost_model("params"), costs.get_cost_model("macs")
+        memory = costs.get_cost_model("binary_memory")
+        extra = {name: costs.get_cost_model(name) for name in self.cost_names}
         rows = []
         for layer in self.layers:
-            binary = layer.binary
-            rows.append({"name": layer.path or layer.name, "type": layer.layer_type,
-                         "binary": binary, "output_shape": list(layer.output_shape[1:]),
-                         "params_binary": layer.params if binary else 0,
-                         "params_float": 0 if binary else layer.params,
-                         "macs_binary": layer.macs if binary else 0,
-                         "macs_float": 0 if binary else layer.macs,
-                         "memory_bytes": layer.memory_bits / 8})
+            binary, layer_params, layer_macs = layer.binary, params(layer), macs(layer)
+            row = {"name": layer.path or layer.name, "type": layer.layer_type,
+                   "binary": binary, "output_shape": list(layer.output_shape[1:]),
+                   "params_binary": layer_params if binary else 0,
+                   "params_float": 0 if binary else layer_params,
+                   "macs_binary": layer_macs if binary else 0,
+                   "macs_float": 0 if binary else layer_macs,
+                   "memory_bytes": memory(layer)}
+            if extra:
+                row["costs"] = {name: model(layer) for name, model in extra.items()}
+            rows.append(row)
         return rows
+
+    def cost_totals(self) -> dict:
+        """Totals of the requested cost models, with their units."""
+        return {name: {"total": costs.get_cost_model(name).total(self.layers),
+                       "unit": costs.cost_unit(name)} for name in self.cost_names}
 
     def totals_dict(self) -> dict:
         t = self.totals
@@ -70,10 +85,12 @@ class ModelSummary:
         out = {"model": self.model, "input_shape": self.input_shape, "classes": self.classes,
                "options": self.options, "layers": self.layer_rows(),
                "totals": self.totals_dict()}
+        if self.cost_names:
+            out["costs"] = self.cost_totals()
         if self.architecture is not None:
             out["architecture"] = self.architecture
-        if self.custom_string is not None:
-            out["custom_string"] = self.custom_string
+        if self.notes:
+            out["notes"] = dict(self.notes)
         return out
 
     def to_json(self) -> str:
@@ -117,13 +134,20 @@ def summarize(net: Any, input_shape: Sequence[int]) -> tuple[list[costs.LayerCos
 
 def summarize_model(model: str, input_shape: Sequence[int] | None = None,
                     classes: int | None = None, options: dict | None = None,
-                    root: Path = Path("trainings")) -> ModelSummary:
-    """Build the named model (zoo name, custom string or ``run:<name>``) and summarise it."""
+                    root: Path = Path("trainings"),
+                    cost_names: Sequence[str] = ()) -> ModelSummary:
+    """Build the named model (zoo name, custom string or ``run:<name>``) and summarise it,
+    with the per-layer values of the registered cost models `cost_names`."""
     options = dict(options or {})
+    cost_names = list(dict.fromkeys(cost_names))
+    for name in cost_names:
+        costs.cost_model_class(name)  # an unknown name fails before any model is built
     if model.startswith(RUN_PREFIX):
         if options:
             raise ConfigError("model options (-o) do not apply to a run: its config fixes them")
-        return _summarize_run(model[len(RUN_PREFIX):], input_shape, classes, root)
+        result = _summarize_run(model[len(RUN_PREFIX):], input_shape, classes, root)
+        result.cost_names = cost_names
+        return result
     import bmxnet_models
 
     shape = list(input_shape) if input_shape is not None else list(DEFAULT_INPUT_SHAPE)
@@ -139,14 +163,20 @@ def summarize_model(model: str, input_shape: Sequence[int] | None = None,
     layers, totals = summarize(net, shape)
     return ModelSummary(model=model, input_shape=shape, classes=options.get("classes"),
                         options={k: v for k, v in options.items() if k != "classes"},
-                        layers=layers, totals=totals)
+                        layers=layers, totals=totals, cost_names=cost_names)
 
 
 def _architecture_file(run) -> Path:
-    """The run's final architecture, else the newest per-epoch record."""
+    """The run's final architecture, else the newest per-epoch record.
+
+    run.json stores the final architecture relative to the run folder; a path of an older
+    run that is absolute or relative elsewhere is only trusted if it lies inside this run.
+    """
     final = run.read_status().get("final_architecture")
-    if final and Path(final).is_file():
-        return Path(final)
+    if final:
+        path = (run.path / final).resolve()
+        if path.is_file() and run.path.resolve() in path.parents:
+            return path
     records = sorted(run.architectures.glob("epoch_*.json"),
                      key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
     if not records:
@@ -180,21 +210,24 @@ def _summarize_run(reference: str, input_shape: Sequence[int] | None, classes: i
         method = runner.create_method(cfg, runner.SpecOnly(data_mod.describe(cfg.data)), logger)
         try:
             net = method.build(architecture)
+            notes = method.describe(architecture)
         except ArchitectureError as exc:
             raise ArchitectureError(f"{path}: {exc}") from None
     layers, totals = summarize(net, architecture.input_shape)
-    custom = None
-    if architecture.method == "enas" and architecture.base_model.startswith("meliusnet"):
-        from lightnas_cli.search.enas.space import architecture_to_custom_string
-        custom = architecture_to_custom_string(architecture)
     return ModelSummary(model=f"{RUN_PREFIX}{run.name} ({architecture.base_model})",
                         input_shape=architecture.input_shape, classes=architecture.classes,
                         options=dict(architecture.model_options), layers=layers, totals=totals,
-                        architecture=str(path), custom_string=custom)
+                        architecture=str(path), notes=notes)
 
 
 def _count(value: float) -> str:
     return f"{int(value):,}" if value else "0"
+
+
+def _number(value: float) -> str:
+    """A cost value: thousands separators for whole numbers, 4 significant digits else."""
+    number = float(value)
+    return f"{int(number):,}" if number.is_integer() else f"{number:,.4g}"
 
 
 def render(summary: ModelSummary, console: Any) -> None:
@@ -206,16 +239,19 @@ def render(summary: ModelSummary, console: Any) -> None:
     if summary.classes is not None:
         title += f", {summary.classes} classes"
     table = Table(title=title, box=None, header_style="bold")
-    for column, justify in (("layer", "left"), ("type", "left"), ("output shape", "left"),
-                            ("params 1-bit", "right"), ("params 32-bit", "right"),
-                            ("MACs binary", "right"), ("MACs float", "right"),
-                            ("memory KiB", "right")):
+    columns = [("layer", "left"), ("type", "left"), ("output shape", "left"),
+               ("params 1-bit", "right"), ("params 32-bit", "right"), ("MACs binary", "right"),
+               ("MACs float", "right"), ("memory KiB", "right")]
+    columns += [(f"{name} ({costs.cost_unit(name)})", "right") for name in summary.cost_names]
+    for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=True)
     for row in summary.layer_rows():
-        table.add_row(row["name"], row["type"], "x".join(map(str, row["output_shape"])),
-                      _count(row["params_binary"]), _count(row["params_float"]),
-                      _count(row["macs_binary"]), _count(row["macs_float"]),
-                      f"{row['memory_bytes'] / 1024:.2f}")
+        cells = [row["name"], row["type"], "x".join(map(str, row["output_shape"])),
+                 _count(row["params_binary"]), _count(row["params_float"]),
+                 _count(row["macs_binary"]), _count(row["macs_float"]),
+                 f"{row['memory_bytes'] / 1024:.2f}"]
+        cells += [_number(row["costs"][name]) for name in summary.cost_names]
+        table.add_row(*cells)
     # Never truncate names or numbers: widen past a narrow (or piped, 80-column) console.
     needed = sum(max(len(str(column.header)), *(len(str(cell)) for cell in column.cells)) + 2
                  for column in table.columns)
@@ -234,9 +270,11 @@ def render(summary: ModelSummary, console: Any) -> None:
         f"Binarized fraction: {100 * t['binary_fraction_params']:.1f}% of parameters, "
         f"{100 * t['binary_fraction_macs']:.1f}% of MACs",
     ]
+    for name, total in summary.cost_totals().items():
+        lines.append(f"{name + ':':<20}{_number(total['total'])} {total['unit']}")
     if summary.architecture:
         lines.append(f"Architecture:       {summary.architecture}")
-    if summary.custom_string:
-        lines.append(f"Custom string:      {summary.custom_string}")
+    for key, text in summary.notes.items():
+        lines.append(f"{key.replace('_', ' ').capitalize() + ':':<20}{text}")
     for line in lines:
         console.print(line, markup=False, highlight=False)

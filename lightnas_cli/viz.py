@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pydot
 
+from lightnas_cli.files import atomic_write
 from lightnas_cli.search.base import Architecture, Decision
 
 # Fill colour and extra style per decision kind; "other" covers unknown kinds too.
@@ -186,23 +185,6 @@ def architecture_table(arch: Architecture) -> str:
     return "\n".join(out) + "\n"
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a kill never leaves half a file."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 keeps the user's umask (tempfile would force 0o600).
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def write_architecture(arch: Architecture, out_stem: Path) -> dict[str, Path | str | None]:
     """Write <stem>.json, .txt, .dot and, when graphviz is installed, .png.
 
@@ -219,12 +201,12 @@ def write_architecture(arch: Architecture, out_stem: Path) -> dict[str, Path | s
 
     paths: dict[str, Path | str | None] = {}
     paths["json"] = path_for("json")
-    _atomic_write(paths["json"], arch.to_json() + "\n")
+    atomic_write(paths["json"], arch.to_json() + "\n")
     paths["txt"] = path_for("txt")
-    _atomic_write(paths["txt"], architecture_table(arch))
+    atomic_write(paths["txt"], architecture_table(arch))
     graph = architecture_graph(arch)
     paths["dot"] = path_for("dot")
-    _atomic_write(paths["dot"], graph.to_string())
+    atomic_write(paths["dot"], graph.to_string())
 
     png = path_for("png")
     reason: str | None = None
@@ -236,7 +218,7 @@ def write_architecture(arch: Architecture, out_stem: Path) -> dict[str, Path | s
         except Exception as exc:  # dot crashed or vanished: keep the other files, say why
             reason = f"graphviz's `dot` failed to draw {png.name}: {exc}".strip()
         else:
-            _atomic_write(png, image)
+            atomic_write(png, image)
     if reason is not None:
         png.unlink(missing_ok=True)
     paths["png"] = None if reason is not None else png

@@ -7,11 +7,11 @@ bash shell_scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 RUN=${1:-demo_$(date +%Y%m%d-%H%M%S)}
 .venv/bin/lightnas search -c configs/demo.yml "run.name=$RUN"
-.venv/bin/lightnas export "$RUN" --epoch best --out "trainings/$RUN/exported_models/best"
+.venv/bin/lightnas export "$RUN" --epoch best
 .venv/bin/lightnas runs
 echo
 echo "run folder:        trainings/$RUN"
-echo "exported (final):  trainings/$RUN/exported_models/{inference_only,trainable}/"
-echo "exported (best):   trainings/$RUN/exported_models/best/"
+echo "exported (final and best epoch, one folder each, inference_only/ and trainable/ inside):"
+ls -d "trainings/$RUN"/exported_models/epoch-*/ | sed 's/^/                   /'
 echo "architecture:      trainings/$RUN/logs/architectures/ (json, txt, dot, png per epoch)"
 echo "tensorboard logs:  trainings/$RUN/logs/  ->  bash shell_scripts/run_tensorboard.sh"

@@ -48,8 +48,12 @@ def test_search_writes_every_artifact(workdir: Path) -> None:
         assert (run / "logs" / "architectures" / "epoch_2.png").stat().st_size > 0
     assert list((run / "logs").glob("events.out.tfevents.*"))
     for kind in ("inference_only", "trainable"):
-        assert (run / "exported_models" / kind / "resnet_e18-symbol.json").is_file()
-        assert (run / "exported_models" / kind / "resnet_e18-0002.params").is_file()
+        folder = run / "exported_models" / "epoch-0002" / kind
+        assert (folder / "resnet_e18-symbol.json").is_file()
+        assert (folder / "resnet_e18-0002.params").is_file()
+        assert json.loads((folder / "export.json").read_text())["epoch"] == 2
+    assert status["exported"] == "exported_models/epoch-0002"
+    assert status["final_architecture"] == "logs/architectures/epoch_2.json"
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     record = json.loads(lines[-1])
@@ -81,7 +85,8 @@ def test_exported_model_matches_in_fresh_process(workdir: Path, tmp_path: Path) 
     run = workdir / "trainings" / RUN
     with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
         method, _ = runner.restore_method(RunDir(run), logger)
-        arch = Architecture.from_json((run / "exported_models" / "inference_only" /
+        arch = Architecture.from_json((run / "exported_models" / "epoch-0002" /
+                                       "inference_only" /
                                        "resnet_e18-0002-architecture.json").read_text())
         net = method.build(arch)
     x = np.random.RandomState(0).normal(size=(4, 1, 8, 8)).astype("float32")
@@ -93,7 +98,7 @@ def test_exported_model_matches_in_fresh_process(workdir: Path, tmp_path: Path) 
 import numpy as np, mxnet as mx, warnings
 warnings.simplefilter("ignore")
 from mxnet import gluon
-d = {str(run / 'exported_models' / 'inference_only')!r}
+d = {str(run / 'exported_models' / 'epoch-0002' / 'inference_only')!r}
 net = gluon.SymbolBlock.imports(d + "/resnet_e18-symbol.json", ["data"], d + "/resnet_e18-0002.params")
 out = net(mx.nd.array(np.load({str(tmp_path / 'x.npy')!r}))).asnumpy()
 diff = float(np.abs(out - np.load({str(tmp_path / 'expected.npy')!r})).max())
@@ -105,26 +110,47 @@ assert diff <= 1e-5, diff
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_inference_export_stores_binarized_weights(workdir: Path) -> None:
+def test_inference_export_stores_binarized_weights(workdir: Path, tmp_path: Path) -> None:
+    """Every block that is binary in the exported architecture has a ±scale weight tensor in
+    inference_only/ and different (latent) values in trainable/. The architecture is made
+    all-binary by hand, so the test cannot pass vacuously."""
     import mxnet as mx
-    folder = workdir / "trainings" / RUN / "exported_models"
-    inference = mx.nd.load(str(folder / "inference_only" / "resnet_e18-0002.params"))
-    trainable = mx.nd.load(str(folder / "trainable" / "resnet_e18-0002.params"))
-    arch = json.loads((folder / "inference_only" / "resnet_e18-0002-architecture.json").read_text())
+    from lightnas_cli import export as export_mod, runner
+    from lightnas_cli.logging import RunLogger
+    from lightnas_cli.runs import RunDir
+
+    with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
+        method, ckpt = runner.restore_method(RunDir(workdir / "trainings" / RUN), logger)
+        arch = method.derive()
+        for decision in arch.decisions:
+            decision.value = 1
+        written = export_mod.export_architecture(method, arch, tmp_path / "out", "net",
+                                                 ckpt.epoch)
+    inference = mx.nd.load(str(written["inference_only"]["params"]))
+    trainable = mx.nd.load(str(written["trainable"]["params"]))
     binary_convs = [k for k in inference if "conv" in k and k.endswith("weight")
                     and np.unique(np.abs(inference[k].asnumpy())).size == 1]
-    n_binary = sum(d["value"] == 1 for d in arch["decisions"])
-    assert len(binary_convs) >= n_binary
-    assert any(not np.array_equal(inference[k].asnumpy(), trainable[k].asnumpy())
-               for k in binary_convs) or n_binary == 0
+    assert len(arch.decisions) == 16 and len(binary_convs) >= 16
+    assert all(not np.array_equal(inference[k].asnumpy(), trainable[k].asnumpy())
+               for k in binary_convs)
 
 
 def test_export_command_best_and_out(workdir: Path, tmp_path: Path) -> None:
+    """`--epoch best` exports the best epoch's checkpoint and its derived architecture."""
+    status = json.loads((workdir / "trainings" / RUN / "run.json").read_text())
+    best = status["best_epoch"]
     out = tmp_path / "exported"
     result = run_cli(["export", RUN, "--epoch", "best", "--kind", "trainable", "--out",
                       str(out)], workdir)
     assert result.returncode == 0, result.stderr
-    assert list(out.glob("trainable/resnet_e18-symbol.json"))
+    folder = out / f"epoch-{best:04d}" / "trainable"
+    assert (folder / "resnet_e18-symbol.json").is_file()
+    assert (folder / f"resnet_e18-{best:04d}.params").is_file()
+    exported = json.loads((folder / f"resnet_e18-{best:04d}-architecture.json").read_text())
+    derived = json.loads((workdir / "trainings" / RUN / "logs" / "architectures" /
+                          f"epoch_{best}.json").read_text())
+    assert exported == derived
+    assert sorted(p.name for p in out.iterdir()) == [f"epoch-{best:04d}"]
 
 
 def test_runs_table_and_config_show(workdir: Path) -> None:

@@ -30,14 +30,22 @@ def test_config_defaults_file_and_overrides(tmp_path: Path) -> None:
     assert cfg.controller.entropy_weight == 1e-4
     assert cfg.controller.lr == 3e-3
     assert cfg.controller.hidden_size == 16            # file overrides the default of 100
-    assert load_config(None).controller.hidden_size == 100
+    assert load_config(None, ["method=enas"]).controller.hidden_size == 100
+    with pytest.raises(ConfigError, match="names no search method"):
+        load_config(None)
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.batchsize=3"], "Did you mean 'train.batch_size'"),
-    (["checkpoint.keep=0"], "at least 1"),
-    (["data.eval_split_percentage=100"], "[0, 100)"),
-    (["enas.cost=flops"], "allowed: params, binary_memory, macs"),
+    (["checkpoint.keep=0"], "'checkpoint.keep' must be >= 1, got 0"),
+    (["data.eval_split_percentage=100"], "'data.eval_split_percentage' must be < 100"),
+    (["enas.cost=flop"], "allowed: binary_memory, flops, macs, ops, params"),
+    (["enas.cost=flop"], "Did you mean 'flops'"),
+    (["train.lr=nan"], "'train.lr' is nan; it must be a finite number"),
+    (["train.lr=-0.1"], "'train.lr' must be > 0"),
+    (["train.warmup_epochs=2"], "must be below 'train.epochs'"),
+    (["controller.batch_size=0"], "'controller.batch_size' must be >= 1"),
+    (["data.mock.shape=[1,0,8]"], "'data.mock.shape' must be >= 1, got 0"),
     (["method=enaz"], "Did you mean 'enas'"),
     (["seed"], "key=value"),
 ])
@@ -193,32 +201,41 @@ def test_controller_sampling_is_seeded_and_greedy_is_argmax() -> None:
     assert greedy.actions[0, 0] == int(np.argmax(first))
 
 
-def test_policy_gradient_sums_over_all_sampled_architectures() -> None:
-    """The update's gradient equals the sum of each architecture's own REINFORCE gradient."""
+def _update_gradients(actions: np.ndarray, rewards: np.ndarray,
+                      entropy_weight: float) -> list[np.ndarray]:
+    """The gradients the real `Reinforce.update` left on a fresh controller (baseline held at
+    0, so each architecture's advantage is its reward)."""
+    controller = _controller()
+    reinforce = Reinforce(controller, lr=0.05, baseline_decay=1.0,
+                          entropy_weight=entropy_weight)
+    reinforce.baseline = 0.0
+    reinforce.update(actions, rewards)
+    return [p.grad().asnumpy().copy() for p in controller.collect_params().values()
+            if p.grad_req != "null"]
+
+
+@pytest.mark.parametrize("entropy_weight", [0.0, 0.5])
+def test_policy_gradient_sums_over_all_sampled_architectures(entropy_weight: float) -> None:
+    """The real update's gradient for three architectures is the sum of its gradients for
+    each alone: every sampled architecture is back-propagated, not only the last one."""
     actions = np.array([[0, 2, 1], [1, 0, 0], [1, 1, 1]])
-    advantages = np.array([0.5, -0.25, 1.0])
+    rewards = np.array([0.5, -0.25, 1.0])
+    together = _update_gradients(actions, rewards, entropy_weight)
+    parts = [_update_gradients(actions[i:i + 1], rewards[i:i + 1], entropy_weight)
+             for i in range(3)]
+    for index, value in enumerate(together):
+        np.testing.assert_allclose(value, sum(part[index] for part in parts),
+                                   rtol=1e-4, atol=1e-6)
+    last_only = parts[-1]
+    assert any(not np.allclose(a, b, atol=1e-6) for a, b in zip(together, last_only))
+    assert any(np.abs(v).sum() > 0 for v in together)
 
-    def gradient(rows, weights, entropy_weight):
-        controller = _controller()
-        with autograd.record():
-            scored = controller.run(actions=actions[rows])
-            loss = (-(nd.array(weights) * scored.log_prob).sum()
-                    - entropy_weight * scored.entropy.sum())
-        loss.backward()
-        return {k: p.grad().asnumpy().copy() for k, p in controller.collect_params().items()
-                if p.grad_req != "null"}
 
-    together = gradient([0, 1, 2], advantages, 0.0)
-    parts = [gradient([i], advantages[i:i + 1], 0.0) for i in range(3)]
-    # Parameter names differ between instances; compare in order.
-    together_values = list(together.values())
-    for index, value in enumerate(together_values):
-        summed = sum(list(part.values())[index] for part in parts)
-        np.testing.assert_allclose(value, summed, rtol=1e-4, atol=1e-6)
-    assert any(np.abs(v).sum() > 0 for v in together_values)
-    # The entropy bonus changes the gradient.
-    with_entropy = list(gradient([0, 1, 2], advantages, 0.5).values())
-    assert any(not np.allclose(a, b) for a, b in zip(with_entropy, together_values))
+def test_entropy_bonus_enters_the_update() -> None:
+    actions, rewards = np.array([[0, 2, 1], [1, 0, 0]]), np.array([0.5, 1.0])
+    plain = _update_gradients(actions, rewards, 0.0)
+    with_entropy = _update_gradients(actions, rewards, 0.5)
+    assert any(not np.allclose(a, b) for a, b in zip(plain, with_entropy))
 
 
 def test_reinforce_baseline_is_an_ema_and_policy_learns() -> None:

@@ -56,7 +56,8 @@ def test_search_runs_two_epochs_with_34_decisions(workdir: Path) -> None:
     assert arch["model_options"]["activation"] == "det_sign"
     assert arch["model_options"]["binary_padding"] == "zero"
     for kind in ("inference_only", "trainable"):
-        assert (run / "exported_models" / kind / "meliusnet22-symbol.json").is_file()
+        assert (run / "exported_models" / "epoch-0002" / kind /
+                "meliusnet22-symbol.json").is_file()
 
 
 def test_resume_after_epoch_one_matches_the_uninterrupted_run(workdir: Path) -> None:
@@ -90,7 +91,7 @@ def test_export_loads_in_a_fresh_process_and_reproduces_outputs(workdir: Path,
     out = tmp_path / "exported"
     result = _cli(["export", "mel", "--out", str(out)], workdir)
     assert result.returncode == 0, result.stdout + result.stderr
-    folder = out / "inference_only"
+    folder = out / "epoch-0002" / "inference_only"
     run = workdir / "trainings" / "mel"
     with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
         method, _ = runner.restore_method(RunDir(run), logger)
@@ -134,7 +135,7 @@ def test_summary_of_the_run_and_its_custom_string(workdir: Path) -> None:
     assert data["architecture"].endswith("epoch_2.json")
     # The derived network's custom string builds a network with the same costs.
     name = architecture_to_custom_string(arch)
-    assert data["custom_string"] == name
+    assert data["notes"]["custom_string"] == name
     custom = _cli(["summary", name, "--input-shape", "1,8,8", "--classes", "4", "-o",
                    "stem=thumbnail", "-o", "base_channels=8", "--json"], workdir)
     assert custom.returncode == 0, custom.stderr

@@ -9,10 +9,17 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
 from lightnas_cli import costs
-from lightnas_cli.search.pit import (ConcatFeaturesCalculator, ConstFeaturesCalculator,
-                                     FlattenFeaturesCalculator, MaskerFeaturesCalculator,
-                                     PITBatchNorm, PITConv1D, PITConv2D, PITDense,
-                                     PITFeaturesMasker, PITModel, binarize)
+from lightnas_cli.search.pit.batchnorm import PITBatchNorm
+from lightnas_cli.search.pit.binarizer import binarize
+from lightnas_cli.search.pit.conv1d import PITConv1D
+from lightnas_cli.search.pit.conv2d import PITConv2D
+from lightnas_cli.search.pit.dense import PITDense
+from lightnas_cli.search.pit.features_calculator import (ConcatFeaturesCalculator,
+                                                         ConstFeaturesCalculator,
+                                                         FlattenFeaturesCalculator,
+                                                         MaskerFeaturesCalculator)
+from lightnas_cli.search.pit.features_masker import PITFeaturesMasker
+from lightnas_cli.search.pit.model import PITModel
 
 
 class ResBlockNet(gluon.HybridBlock):

@@ -69,8 +69,8 @@ def test_search_prunes_and_logs_phases(workdir: Path):
 
 def test_exported_pruned_network_loads_in_a_fresh_process(workdir: Path, tmp_path: Path):
     run = workdir / "trainings" / "full"
-    symbol = run / "exported_models" / "inference_only" / "tcn-symbol.json"
-    params = run / "exported_models" / "inference_only" / "tcn-0003.params"
+    folder = run / "exported_models" / "epoch-0003" / "inference_only"
+    symbol, params = folder / "tcn-symbol.json", folder / "tcn-0003.params"
     probe = np.random.RandomState(0).standard_normal((2, 1, 24)).astype(np.float32)
     np.save(tmp_path / "probe.npy", probe)
     script = (
@@ -94,7 +94,7 @@ def test_exported_pruned_network_loads_in_a_fresh_process(workdir: Path, tmp_pat
     with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
         method, _ = runner.restore_method(RunDir(run), logger)
         arch = Architecture.from_json(
-            (run / "exported_models" / "inference_only" / "tcn-0003-architecture.json")
+            (folder / "tcn-0003-architecture.json")
             .read_text())
         net = method.build(arch)
         masked = method.model(mx.nd.array(probe)).asnumpy()
@@ -125,7 +125,7 @@ def test_export_command_and_architecture_edit(workdir: Path, tmp_path: Path):
     result = run_cli(["export", "part", "--epoch", "latest", "--kind", "inference_only",
                       "--out", str(tmp_path / "out")], workdir)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "out" / "inference_only" / "tcn-symbol.json").is_file()
+    assert (tmp_path / "out" / "epoch-0003" / "inference_only" / "tcn-symbol.json").is_file()
 
     from lightnas_cli import runner
     from lightnas_cli.runs import RunDir
@@ -176,10 +176,29 @@ def test_reconstruction_task_without_accuracy(tmp_path: Path):
 @pytest.mark.parametrize("override, message", [
     (["pit.warmup_epochs=3", "pit.finetune_epochs=1"], "exceed train.epochs"),
     (["pit.regularizer=latency"], "'pit.regularizer' is 'latency'"),
-    (["pit.exclude_types=[Conv3D]"], "unknown type"),
+    (["pit.exclude_types=[Conv3D]"], "'pit.exclude_types' is 'Conv3D'; allowed: Conv1D"),
 ])
 def test_config_errors_exit_2(tmp_path: Path, override, message):
     path = write_config(tmp_path, TINY_PIT)
     result = run_cli(["search", "-c", str(path), "run.name=bad", *override], tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
+
+
+def test_summary_of_a_pit_run_is_the_pruned_network(workdir: Path):
+    """`lightnas summary run:full` builds the derived (pruned) network through the method:
+    its weight layers count what the architecture record says, and `--cost` adds columns."""
+    result = run_cli(["summary", "run:full", "--json", "--cost", "flops"], workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    arch = json.loads((workdir / "trainings" / "full" / "logs" / "architectures" /
+                       "epoch_3.json").read_text())
+    assert data["model"] == "run:full (tcn)" and data["input_shape"] == [1, 24]
+    weights = [row for row in data["layers"] if row["type"] != "batchnorm"]
+    assert sum(row["params_float"] for row in weights) == arch["costs"]["params"]
+    assert sum(row["macs_float"] for row in weights) == arch["costs"]["macs"]
+    assert arch["costs"]["params"] < arch["costs"]["params_full"]
+    assert data["costs"]["flops"]["total"] == 2 * data["totals"]["macs"]
+    assert data["costs"]["flops"]["unit"] == "FLOPs"
+    assert all(row["costs"]["flops"] == 2 * (row["macs_float"] + row["macs_binary"])
+               for row in data["layers"])

@@ -101,7 +101,8 @@ def test_event_file_holds_scalar_tags_and_heatmap(tmp_path: Path) -> None:
                        prefix="train")
         probabilities = [[0.1, 0.2, 0.7], [0.05, 0.9, 0.05]]
         image = logger.heatmap("arch/probabilities", probabilities, step=1,
-                               row_labels=["block0", "block1"], col_labels=["a", "b", "c"])
+                               row_labels=["block0", "block1"],
+                               option_labels=[["a", "b", "c"], ["a", "b", "c"]])
         logger.text("arch/derived", "block0: precision=binary", step=1)
         logger.flush()
     events = list((tmp_path / "logs").glob("events.out.tfevents.*"))
@@ -115,6 +116,24 @@ def test_event_file_holds_scalar_tags_and_heatmap(tmp_path: Path) -> None:
     centres = image[:, CELL // 2::CELL, CELL // 2::CELL].astype(int).sum(axis=0)
     assert np.unravel_index(centres.argmax(), centres.shape) == (1, 1)
     assert np.unravel_index(centres.argmin(), centres.shape) in {(1, 0), (1, 2)}
+
+
+def test_heatmap_of_decisions_with_different_option_counts(tmp_path: Path) -> None:
+    """Rows of 2, 4 and 1 options: the image pads short rows (black), the text names each
+    row's own options."""
+    from lightnas_cli.logging import _matrix_markdown
+    rows = [[0.25, 0.75], [0.1, 0.2, 0.3, 0.4], [1.0]]
+    labels = [["1", "32"], ["k3", "k5", "k7", "skip"], ["only"]]
+    with RunLogger(tmp_path / "logs", console=Console(file=io.StringIO())) as logger:
+        image = logger.heatmap("search/probabilities", rows, step=1,
+                               row_labels=["a:bits", "b:op", "c:x"], option_labels=labels)
+    assert image.shape == (3, 3 * CELL, 4 * CELL)
+    centres = image[:, CELL // 2::CELL, CELL // 2::CELL].astype(int)
+    assert (centres[:, 0, 2:] == 0).all() and (centres[:, 2, 1:] == 0).all()
+    assert centres[:, 1, 3].sum() > 0
+    text = _matrix_markdown(rows, ["a:bits", "b:op", "c:x"], labels)
+    assert "| a:bits | 1: 0.250 | 32: 0.750 |  |  |" in text
+    assert "skip: 0.400" in text and "only: 1.000" in text
 
 
 def test_without_mxboard_warns_once_and_keeps_going(tmp_path: Path, monkeypatch) -> None:

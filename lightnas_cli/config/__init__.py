@@ -1,5 +1,6 @@
-"""Configs: structured schemas (schema.py) and the loader (loader.py)."""
+"""Configs: the shared schema sections (schema.py), validation of declared allowed values
+(validation.py) and the loader (loader.py). Each method's own sections live in its folder."""
 from lightnas_cli.config.loader import load_config, save_config, to_yaml
-from lightnas_cli.config.schema import SCHEMAS, BaseConfig
+from lightnas_cli.config.schema import BaseConfig, setting
 
-__all__ = ["load_config", "save_config", "to_yaml", "SCHEMAS", "BaseConfig"]
+__all__ = ["load_config", "save_config", "to_yaml", "BaseConfig", "setting"]

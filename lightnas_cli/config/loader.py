@@ -1,9 +1,10 @@
 """Load, merge, override, validate and save configs.
 
 YAML is read with `yaml.safe_load` only (the original used an unsafe loader). The file is merged
-onto the method's structured schema, then dotlist overrides on top; OmegaConf rejects unknown
-keys and wrong types, and we turn its errors into one-line `ConfigError`s that name the key and
-suggest the closest valid one.
+onto the method's structured schema (registered with the method, found by the `method` key),
+then dotlist overrides on top; OmegaConf rejects unknown keys and wrong types, and we turn its
+errors into one-line `ConfigError`s that name the key and suggest the closest valid one. Allowed
+values and ranges are then checked as the schema declares them (`validation.py`).
 """
 from __future__ import annotations
 
@@ -17,33 +18,20 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
                               OmegaConfBaseException, ValidationError)
 
-from lightnas_cli.config.schema import SCHEMAS
+from lightnas_cli.config.validation import validate
 from lightnas_cli.errors import ConfigError
-
-# Allowed values of string options, checked after merging so typos fail before any work.
-CHOICES: dict[str, Sequence[str]] = {
-    "train.optimizer": ("sgd", "nag", "adam"),
-    "train.lr_schedule": ("constant", "cosine"),
-    "model.stem": ("thumbnail", "imagenet"),
-    "model.weight_scaling": ("none", "mean"),
-    "model.activation": ("det_sign", "approx_sign"),
-    "model.binary_padding": ("zero", "minus_one"),
-    "enas.cost": ("params", "binary_memory", "macs"),
-    "pit.regularizer": ("size", "macs", "flops"),
-    "pit.task": ("auto", "classification", "reconstruction"),
-    "pit.arch_optimizer": ("adam", "sgd"),
-}
 
 
 def _schema_for(method: Any, source: str) -> type:
+    from lightnas_cli.search.base import available_methods, method_schema
     if method is None:
-        method = "enas"
-    if not isinstance(method, str) or method not in SCHEMAS:
-        close = difflib.get_close_matches(str(method), SCHEMAS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{source}: unknown method {method!r}; available: "
-                          f"{sorted(SCHEMAS)}.{hint}")
-    return SCHEMAS[method]
+        raise ConfigError(f"{source}: the config names no search method; add a top-level "
+                          f"`method:` key (one of {', '.join(available_methods())}) or "
+                          f"override it with method=NAME")
+    try:
+        return method_schema(method)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -88,27 +76,6 @@ def _friendly(exc: OmegaConfBaseException, schema_cfg: DictConfig, source: str) 
     return ConfigError(f"{source}: {str(exc).splitlines()[0]}")
 
 
-def _check_choices(cfg: DictConfig, source: str) -> None:
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{source}: '{key}' is {value!r}; allowed: "
-                              f"{', '.join(allowed)}.{hint}")
-    positive = ["train.epochs", "train.batch_size", "checkpoint.keep"]
-    for key in positive:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{source}: '{key}' must be at least 1, got {value}")
-    split = OmegaConf.select(cfg, "data.eval_split_percentage")
-    if split is not None and not 0 <= split < 100:
-        raise ConfigError(f"{source}: 'data.eval_split_percentage' must be in [0, 100), "
-                          f"got {split}")
-    if not cfg.train.contexts:
-        raise ConfigError(f"{source}: 'train.contexts' must name at least one device, e.g. [cpu]")
-
-
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
     """The resolved, validated config of a file plus dotlist overrides (`train.epochs=3`)."""
     source = str(path) if path else "config"
@@ -135,7 +102,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         OmegaConf.to_container(cfg, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         raise _friendly(exc, schema, source) from None
-    _check_choices(cfg, source)
+    validate(cfg, source)
     OmegaConf.set_readonly(cfg, False)
     return cfg
 

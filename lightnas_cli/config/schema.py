@@ -1,12 +1,36 @@
-"""Typed config schemas. Every key is documented here; this file is the config reference.
+"""Typed config schemas: the sections every method shares. Every key is documented here.
 
-The sections shared by all methods live in `BaseConfig`; each method adds its own sections in
-a subclass registered in `SCHEMAS` under the value of the top-level `method` key.
+Each search method adds its own sections in a `BaseConfig` subclass that lives in its folder
+(`lightnas_cli/search/<method>/config.py`) and is registered with the method, so this file
+never names a method.
+
+Allowed values and ranges are declared beside each key with `setting(...)` and checked in one
+place (`lightnas_cli.config.validation`) after merging, before any work starts. A section may
+also define `check(section)` for rules that involve several of its keys.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Callable, List, Optional, Sequence
+
+#: Optimizers of the network weights (`train.optimizer`); momentum applies to sgd and nag.
+OPTIMIZERS = ("sgd", "nag", "adam")
+#: Learning-rate schedules (`train.lr_schedule`).
+SCHEDULES = ("constant", "cosine")
+
+
+def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
+            choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+            ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, finite: bool = True) -> Any:
+    """A schema field with its allowed values: `choices` (a sequence, or a function returning
+    one, for registries filled at run time), bounds `ge`/`gt`/`le`/`lt` (applied to every
+    element of a list), and `finite` (NaN and infinities refused for floats). None is always
+    allowed where the type is Optional."""
+    metadata = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "finite": finite}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -20,86 +44,86 @@ class RunConfig:
 @dataclass
 class MockDataConfig:
     # Synthetic, class-separable images: one fixed random prototype per class plus noise.
-    num_classes: int = 10
+    num_classes: int = setting(10, ge=1)
     # Input shape as [channels, height, width] (or [channels, length] for 1-D models).
-    shape: List[int] = field(default_factory=lambda: [3, 32, 32])
-    num_train: int = 512
-    num_test: int = 128
+    shape: List[int] = setting(factory=lambda: [3, 32, 32], ge=1)
+    num_train: int = setting(512, ge=1)
+    num_test: int = setting(128, ge=1)
     # Standard deviation of the per-sample noise relative to the prototypes (higher = harder).
-    noise: float = 1.0
+    noise: float = setting(1.0, ge=0)
 
 
 @dataclass
 class DataConfig:
-    # Data set: mock | digits | cifar10 | cifar100.
+    # Data set: mock | digits | cifar10 | cifar100 | mnist1d (checked by the data registry).
     name: str = "mock"
     # Folder with the data files (cifar10/cifar100: the standard *binary* release files).
     dir: Optional[str] = None
     # Percentage of the training set held out as the validation split (controller rewards,
     # validation metrics). 0 uses the test split for validation.
-    eval_split_percentage: float = 20.0
+    eval_split_percentage: float = setting(20.0, ge=0, lt=100)
     # Resize images to this side length (digits: 8 -> e.g. 32). null keeps the native size.
-    image_size: Optional[int] = None
+    image_size: Optional[int] = setting(None, ge=1)
     # Random crop (4-pixel zero padding) and horizontal flip on training batches.
     augment: bool = False
     # Horizontal flip is part of augmentation unless this is false (digits should not flip).
     flip: bool = True
     # Background threads that prepare batches ahead (0 = prepare in the training thread).
-    num_workers: int = 0
+    num_workers: int = setting(0, ge=0)
     # Use only the first N training samples (after the validation split); null = all.
-    limit_train: Optional[int] = None
+    limit_train: Optional[int] = setting(None, ge=1)
     mock: MockDataConfig = field(default_factory=MockDataConfig)
 
 
 @dataclass
-class ModelConfig:
-    # Base model from the zoo (`bmxnet_models.get_model`): resnet_e18 | resnet_e34 |
-    # meliusnet22 | meliusnet29 | meliusnet42 | meliusnet59 (`lightnas summary` also takes
-    # custom strings such as meliusnet_custom:DTSI).
-    name: str = "resnet_e18"
-    # Initial layers: thumbnail (3x3 conv, for small images) | imagenet (ResNet-E: 7x7/2 conv +
-    # max-pool; MeliusNet: the paper's grouped stem, needs base_channels divisible by 16).
-    stem: str = "thumbnail"
-    # ResNet-E: width of the first stage (64 in the paper). MeliusNet: growth rate and stem width
-    # (64 in the paper); transition widths scale with it. Smaller values make tiny test nets.
-    base_channels: int = 64
-    # Gradient cancelling of the straight-through sign: gradient is zero where |x| > clip.
-    grad_cancel: float = 1.0
-    # Scale binary weights per output channel: none | mean (mean |W|, as in XNOR-Net).
-    weight_scaling: str = "none"
-    # Sign of binary activations: det_sign (straight-through gradient) | approx_sign (Bi-Real
-    # Net's gradient 2 - 2|x| inside +-1).
-    activation: str = "det_sign"
-    # Padding of binarized inputs: zero | minus_one (BMXNet-v2: every input stays +-1).
-    binary_padding: str = "zero"
+class ModelSection:
+    # Base model from the zoo (`bmxnet_models.get_model`); each method's schema says which
+    # models and options it takes.
+    name: str = ""
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = setting(10, ge=1)
+    batch_size: int = setting(64, ge=1)
     # Devices, data-parallel: [cpu] | [cpu:0, cpu:1] | [gpu:0, gpu:1] ...
     contexts: List[str] = field(default_factory=lambda: ["cpu"])
     # Optimizer of the network weights: sgd | nag | adam.
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    # Learning-rate schedule over all epochs: constant | cosine.
-    lr_schedule: str = "cosine"
+    optimizer: str = setting("adam", choices=OPTIMIZERS)
+    lr: float = setting(1e-3, gt=0)
+    # Momentum of sgd and nag (adam ignores it).
+    momentum: float = setting(0.9, ge=0, lt=1)
+    weight_decay: float = setting(0.0, ge=0)
+    # Clip every gradient element to [-c, c] (MXNet's optimizer `clip_gradient`); null = off.
+    clip_gradient: Optional[float] = setting(None, gt=0)
+    # Learning-rate schedule over all epochs, per step: constant | cosine (to 0 at the end).
+    lr_schedule: str = setting("cosine", choices=SCHEDULES)
+    # Linear warm-up over the first N epochs (may be fractional): the rate rises from lr/steps
+    # to lr, then the schedule takes over. 0 = none.
+    warmup_epochs: float = setting(0.0, ge=0)
     # Hybridize (cache graphs of) every block that holds no searchable choice.
     hybridize: bool = True
+
+    @staticmethod
+    def check(section: Any) -> None:
+        from lightnas_cli.errors import ConfigError
+        if not section.contexts:
+            raise ConfigError("'train.contexts' must name at least one device, e.g. [cpu]")
+        if section.warmup_epochs >= section.epochs:
+            raise ConfigError(f"'train.warmup_epochs' ({section.warmup_epochs}) must be below "
+                              f"'train.epochs' ({section.epochs})")
 
 
 @dataclass
 class CheckpointConfig:
     # Complete checkpoints to keep (newest first); the best epoch's is kept in addition.
-    keep: int = 3
+    keep: int = setting(3, ge=1)
 
 
 @dataclass
 class ExportConfig:
-    # Export the derived architecture after every epoch (always done at the end).
+    # Export the derived architecture after every epoch (always done at the end). Each export
+    # is its own folder, exported_models/epoch-NNNN/.
     every_epoch: bool = False
     # File prefix of exported models; null uses the base model name.
     name: Optional[str] = None
@@ -107,59 +131,14 @@ class ExportConfig:
 
 @dataclass
 class BaseConfig:
-    # Search method: enas (more to come: fbnet, pit, dmasking).
-    method: str = "enas"
+    # Search method; `lightnas config show` lists the registered ones on a typo.
+    method: str = ""
     # One seed for everything; each epoch re-seeds from (seed, epoch) so resume is exact.
     seed: int = 0
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # Every method's schema replaces this with its own model section (it keeps `name`).
+    model: ModelSection = field(default_factory=ModelSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-
-
-@dataclass
-class EnasConfig:
-    # Cost of an architecture in the reward: params | binary_memory | macs.
-    cost: str = "binary_memory"
-    # Exponent w in reward = accuracy * (cost_target / cost) ** w; 0 turns the cost off.
-    cost_weight: float = 0.0
-    # null: halfway between the cheapest and the most expensive architecture of the space.
-    cost_target: Optional[float] = None
-    # true: train the weights for the whole epoch first, then run all controller updates
-    # (controller.steps_after_epoch of them); false: interleave (every controller.update_every).
-    only_post_training_eval: bool = False
-
-
-@dataclass
-class ControllerConfig:
-    # LSTM controller (Pham et al., ENAS, 2018): embedding and hidden size.
-    hidden_size: int = 100
-    # Architectures sampled per controller update; the policy gradient sums over all of them.
-    batch_size: int = 8
-    # Training steps of the supernet between controller updates (interleaved mode).
-    update_every: int = 20
-    # Controller updates after the epoch when enas.only_post_training_eval is true.
-    steps_after_epoch: int = 10
-    lr: float = 3e-3
-    # logits = tanh_constant * tanh(logits / temperature); null disables either.
-    temperature: Optional[float] = 5.0
-    tanh_constant: Optional[float] = 2.5
-    entropy_weight: float = 1e-4
-    # Exponential moving average of the reward used as the REINFORCE baseline.
-    baseline_decay: float = 0.95
-
-
-@dataclass
-class EnasSearchConfig(BaseConfig):
-    enas: EnasConfig = field(default_factory=EnasConfig)
-    controller: ControllerConfig = field(default_factory=ControllerConfig)
-
-
-SCHEMAS: dict[str, type] = {"enas": EnasSearchConfig}
-
-# Method schemas in their own modules import BaseConfig from here, so they come last.
-from lightnas_cli.config.pit_schema import PitSearchConfig  # noqa: E402
-
-SCHEMAS["pit"] = PitSearchConfig

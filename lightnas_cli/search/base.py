@@ -1,18 +1,30 @@
 """The SearchMethod interface, the Architecture record and the method registry.
 
-The runner, the CLI, checkpoints, export and graphs only talk to this interface, so they never
-branch on the method name (see ARCHITECTURE.md).
+The runner, the CLI, checkpoints, export, graphs and summaries only talk to this interface, so
+they never branch on the method name (see ARCHITECTURE.md). Importing this module is cheap (no
+MXNet): the config loader uses the registry to find a method's schema.
+
+A method is one folder `lightnas_cli/search/<name>/`: its `__init__.py` registers the method's
+config schema and implementation (`register_method`), `config.py` holds the schema, and the
+implementation module (imported only when a run needs it) holds the `SearchMethod` subclass.
+Built-in methods are listed once, in `BUILTIN_METHODS`.
 """
 from __future__ import annotations
 
 import abc
+import difflib
+import importlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
-
-from mxnet import gluon
+from typing import TYPE_CHECKING, Any
 
 from lightnas_cli.errors import ArchitectureError, ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mxnet import gluon
+
+#: Packages under lightnas_cli/search/ that register a method when imported.
+BUILTIN_METHODS = ("enas", "pit")
 
 ARCHITECTURE_FORMAT = 1
 
@@ -112,9 +124,20 @@ class Architecture:
 
 
 class SearchMethod(abc.ABC):
-    """What every search backend implements. Built from (config, data, contexts, logger)."""
+    """What every search backend implements. Built from (config, data, contexts, logger).
+
+    Attributes every method has (set here, from the config and the data spec):
+      `config`, `data` (a bundle with `spec`, and `train`/`val`/`test` loaders, or only `spec`
+      when restored for export), `contexts`, `logger`, `input_shape`, `classes`, `model_name`
+      (`config.model.name`) and `model_options` (from `model_options_from(config)`: the zoo
+      constructor options its networks are built with, recorded in every Architecture).
+    Class attributes a method may set:
+      `name` (set by `register_method`), `console_hidden` (metric keys logged to TensorBoard
+      and metrics.jsonl but left off the console's epoch line).
+    """
 
     name: str = ""
+    console_hidden: tuple[str, ...] = ()
 
     def __init__(self, config: Any, data: Any, contexts: list, logger: Any):
         self.config = config
@@ -125,6 +148,12 @@ class SearchMethod(abc.ABC):
         self.input_shape = [int(v) for v in data.spec.shape]
         self.classes = int(data.spec.classes)
         self.model_name = config.model.name
+        self.model_options: dict = dict(self.model_options_from(config))
+
+    @abc.abstractmethod
+    def model_options_from(self, config: Any) -> dict:
+        """The zoo constructor options of this run's networks (input shape and classes are
+        already set on self)."""
 
     def make_architecture(self, decisions: list[Decision], costs: dict) -> Architecture:
         """An Architecture of this run's method, base model, options, input and classes."""
@@ -154,8 +183,13 @@ class SearchMethod(abc.ABC):
         """The current best discrete architecture, with its costs."""
 
     @abc.abstractmethod
-    def build(self, architecture: Architecture) -> gluon.HybridBlock:
+    def build(self, architecture: Architecture) -> "gluon.HybridBlock":
         """A plain, initialised Gluon network for the architecture, weights from the search."""
+
+    def describe(self, architecture: Architecture) -> dict[str, str]:
+        """Extra facts about an architecture for summaries (label -> text); none by default.
+        ENAS over MeliusNet gives the custom string that rebuilds it, for example."""
+        return {}
 
     @abc.abstractmethod
     def state(self) -> tuple[dict, dict]:
@@ -166,22 +200,52 @@ class SearchMethod(abc.ABC):
         """Restore exactly what `state` returned."""
 
 
-_REGISTRY: dict[str, Callable[..., SearchMethod]] = {}
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method: its config schema (a `BaseConfig` subclass) and where its
+    `SearchMethod` subclass lives ("package.module:Class", imported when first needed)."""
+
+    name: str
+    schema: type
+    implementation: str
 
 
-def register_method(name: str) -> Callable[[type], type]:
-    def decorate(cls: type) -> type:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return decorate
+_REGISTRY: dict[str, MethodEntry] = {}
 
 
-def get_method(name: str) -> Callable[..., SearchMethod]:
+def register_method(name: str, schema: type, implementation: str) -> None:
+    """Register a method under `name` (what configs write as `method:`)."""
+    existing = _REGISTRY.get(name)
+    entry = MethodEntry(name, schema, implementation)
+    if existing is not None and existing != entry:
+        raise ValueError(f"search method {name!r} is already registered: {existing}")
+    _REGISTRY[name] = entry
+
+
+def _entry(name: Any) -> MethodEntry:
     _load_builtin_methods()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown search method {name!r}; available: {sorted(_REGISTRY)}")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown search method {name!r}; available: "
+                          f"{', '.join(available_methods())}.{hint}")
     return _REGISTRY[name]
+
+
+def method_schema(name: Any) -> type:
+    """The config schema (dataclass) of method `name`; cheap (no MXNet import)."""
+    return _entry(name).schema
+
+
+def get_method(name: Any) -> type[SearchMethod]:
+    """The SearchMethod subclass of method `name` (imports its implementation)."""
+    entry = _entry(name)
+    module_name, _, class_name = entry.implementation.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, SearchMethod)):
+        raise TypeError(f"{entry.implementation} is not a SearchMethod subclass")
+    cls.name = entry.name
+    return cls
 
 
 def available_methods() -> list[str]:
@@ -190,6 +254,5 @@ def available_methods() -> list[str]:
 
 
 def _load_builtin_methods() -> None:
-    # Imported lazily so that `lightnas config show` does not pay for MXNet model code.
-    from lightnas_cli.search import enas  # noqa: F401
-    from lightnas_cli.search import pit  # noqa: F401
+    for name in BUILTIN_METHODS:
+        importlib.import_module(f"lightnas_cli.search.{name}")

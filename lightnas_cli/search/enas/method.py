@@ -7,68 +7,43 @@ each is scored on a validation batch, and REINFORCE updates the controller with
 
     reward = accuracy * (cost_target / cost) ** cost_weight
 
-where the cost (`params`, `binary_memory`, `macs`) comes from `lightnas_cli.costs`. Costs of a
+where the cost is any registered cost model of `lightnas_cli.costs` (`enas.cost`). Costs of a
 sampled architecture are exact sums of per-unit costs measured once at start-up, so scoring an
 architecture costs no extra forward pass.
 """
 from __future__ import annotations
 
 import itertools
-import math
 
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon, nd
+from mxnet import gluon, nd
 from omegaconf import OmegaConf
 
 import bmxnet_models
+from bmxnet_models.enas.unit import (EnasUnit, active_parameters, find_units, fixed_choices,
+                                     hybridize_supernet)
 from lightnas_cli import costs as cost_models
 from lightnas_cli.checkpoint import load_trainer_state, trainer_state
 from lightnas_cli.errors import ArchitectureError, ConfigError
-from lightnas_cli.search.base import Architecture, Decision, SearchMethod, register_method
+from lightnas_cli.search.base import Architecture, Decision, SearchMethod
 from lightnas_cli.search.enas.controller import Controller, Reinforce
-from bmxnet_models.enas.unit import (EnasUnit, active_parameters, find_units, fixed_choices,
-                                     hybridize_supernet)
-from lightnas_cli.search.enas.space import decision_kind, unit_paths
+from lightnas_cli.search.enas.space import (architecture_to_custom_string, decision_kind,
+                                            is_meliusnet, unit_paths)
+from lightnas_cli.search.training import (ClassificationTask, WeightTrainer, evaluate,
+                                          evaluate_batch, structural_params)
 from lightnas_cli.seeding import derive_seed, seed_everything
 
-def structural_params(net: gluon.Block) -> dict[str, gluon.Parameter]:
-    """Parameters by structural name (stable across processes), each shared one once."""
-    result, seen = {}, set()
-    for name, param in net._collect_params_with_prefix().items():
-        if id(param) not in seen:
-            seen.add(id(param))
-            result[name] = param
-    return result
+#: Costs every decision and architecture record lists (the reward's cost is added to them).
+RECORDED_COSTS = {"params": "params", "memory_bytes": "binary_memory", "macs": "macs"}
 
-
-def learning_rate(config, step: int, total_steps: int) -> float:
-    """Cosine decay from train.lr to 0 over all steps, or constant."""
-    if config.train.lr_schedule == "cosine" and total_steps > 0:
-        return 0.5 * config.train.lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    return float(config.train.lr)
-
-
-def make_trainer(params, config, contexts) -> gluon.Trainer:
-    """The weights' optimizer. update_on_kvstore=False keeps states in `_updaters` (exact resume)."""
-    options = {"learning_rate": config.train.lr, "wd": config.train.weight_decay}
-    if config.train.optimizer in ("sgd", "nag"):
-        options["momentum"] = config.train.momentum
-    return gluon.Trainer(params, config.train.optimizer, options,
-                         kvstore="device" if len(contexts) > 1 else None,
-                         update_on_kvstore=False)
-
-
-@register_method("enas")
 class EnasSearch(SearchMethod):
     """ENAS with an LSTM controller over the `enas_unit` decisions of a zoo model."""
 
+    console_hidden = ("controller_loss",)
+
     def __init__(self, config, data, contexts, logger):
         super().__init__(config, data, contexts, logger)
-        # Every model.* key except the name is a constructor option of the zoo model.
-        self.model_options = {k: v for k, v in OmegaConf.to_container(config.model).items()
-                              if k != "name"}
-        self.model_options["in_channels"] = self.input_shape[0]
         seed_everything(config.seed, "init")
         self.supernet = bmxnet_models.get_model(self.model_name, classes=self.classes, enas=True,
                                                 **self.model_options)
@@ -82,11 +57,13 @@ class EnasSearch(SearchMethod):
                           for key, options in unit.choices.items()]
         self.supernet.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in",
                                                 magnitude=2), ctx=contexts)
+        self.cost_model = cost_models.get_cost_model(config.enas.cost)
         self._profile_costs()
         if config.train.hybridize:
             hybridize_supernet(self.supernet)
-        self.trainer = make_trainer(self.supernet.collect_params(), config, contexts)
-        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.task = ClassificationTask()
+        self.weights = WeightTrainer(self.supernet.collect_params(), config.train, contexts,
+                                     self.task)
 
         ctrl = config.controller
         self.controller = Controller([len(options) for _, _, options in self.decisions],
@@ -95,14 +72,19 @@ class EnasSearch(SearchMethod):
         self.controller.initialize(ctx=mx.cpu())
         self.reinforce = Reinforce(self.controller, ctrl.lr, ctrl.baseline_decay,
                                    ctrl.entropy_weight)
-        self.global_step = 0
+
+    def model_options_from(self, config) -> dict:
+        """Every model.* key except the name is a constructor option of the zoo model."""
+        options = {k: v for k, v in OmegaConf.to_container(config.model).items() if k != "name"}
+        options["in_channels"] = self.input_shape[0]
+        return options
 
     # --- costs --------------------------------------------------------------------------
     def _profile_costs(self) -> None:
-        """Measure the fixed part's cost and every unit candidate's cost once.
+        """Describe the fixed part's layers and every unit candidate's layers once.
 
         Candidates of a unit keep the unit's input and output shapes, so a network's cost is
-        the fixed part plus the chosen candidate of each unit, exactly.
+        the fixed part's plus the chosen candidate's of each unit, exactly, for any cost model.
         """
         unit_inputs: dict[int, tuple] = {}
         handles = [unit.register_forward_pre_hook(
@@ -116,21 +98,26 @@ class EnasSearch(SearchMethod):
             for handle in handles:
                 handle.detach()
         inside_units = set()
+        # Per unit, per candidate: parameters/MACs by precision (records) and the reward's cost.
         self.unit_costs: list[list[cost_models.CostSummary]] = []
+        self.unit_cost_values: list[list[float]] = []
         for unit in self.units:
-            per_candidate = []
+            summaries, values = [], []
             for candidate in unit.candidates:
                 shape = unit_inputs[id(unit)][1:]
                 layers = cost_models.profile(candidate, shape, self.contexts[0])
                 inside_units.update(layer.name for layer in layers)
-                per_candidate.append(cost_models.summarize(layers))
-            self.unit_costs.append(per_candidate)
-        self.base_cost = cost_models.summarize(l for l in all_layers if l.name not in inside_units)
-        cost_fn = cost_models.COST_FUNCTIONS[self.config.enas.cost]
-        low = cost_fn(self.base_cost) + sum(min(cost_fn(c) for c in unit) for unit in self.unit_costs)
-        high = cost_fn(self.base_cost) + sum(max(cost_fn(c) for c in unit) for unit in self.unit_costs)
+                summaries.append(cost_models.summarize(layers))
+                values.append(self.cost_model.total(layers))
+            self.unit_costs.append(summaries)
+            self.unit_cost_values.append(values)
+        base_layers = [layer for layer in all_layers if layer.name not in inside_units]
+        self.base_cost = cost_models.summarize(base_layers)
+        self.base_cost_value = self.cost_model.total(base_layers)
+        low = self.base_cost_value + sum(min(unit) for unit in self.unit_cost_values)
+        high = self.base_cost_value + sum(max(unit) for unit in self.unit_cost_values)
         target = self.config.enas.cost_target
-        self.cost_range = (low, high)
+        self.cost_range = (float(low), float(high))
         self.cost_target = float(target) if target is not None else 0.5 * (low + high)
 
     def _candidate_index(self, unit: EnasUnit, values: dict) -> int:
@@ -142,14 +129,26 @@ class EnasSearch(SearchMethod):
             values[u][key] = options[int(action)]
         return values
 
+    def _chosen(self, actions) -> list[int]:
+        return [self._candidate_index(unit, values)
+                for unit, values in zip(self.units, self._unit_values(actions))]
+
     def cost_summary(self, actions) -> cost_models.CostSummary:
+        """Parameters and MACs (by precision) of the architecture `actions` encodes."""
         total = self.base_cost
-        for unit, costs, values in zip(self.units, self.unit_costs, self._unit_values(actions)):
-            total = total + costs[self._candidate_index(unit, values)]
+        for costs, chosen in zip(self.unit_costs, self._chosen(actions)):
+            total = total + costs[chosen]
         return total
 
+    def cost(self, actions) -> float:
+        """The reward's cost (`enas.cost`) of the architecture `actions` encodes."""
+        total = self.base_cost_value
+        for values, chosen in zip(self.unit_cost_values, self._chosen(actions)):
+            total = total + values[chosen]
+        return float(total)
+
     def reward(self, accuracy: float, actions) -> tuple[float, float]:
-        cost = cost_models.COST_FUNCTIONS[self.config.enas.cost](self.cost_summary(actions))
+        cost = self.cost(actions)
         weight = self.config.enas.cost_weight
         return accuracy * (self.cost_target / cost) ** weight if weight else accuracy, cost
 
@@ -158,23 +157,13 @@ class EnasSearch(SearchMethod):
         for unit, values in zip(self.units, self._unit_values(actions)):
             unit.select(values)
 
-    def _forward_correct(self, data: nd.NDArray, label: nd.NDArray) -> tuple[float, int]:
-        """Summed loss and number of correct predictions on one batch, in inference mode."""
-        loss_sum, correct = 0.0, 0
-        for x, y in zip(gluon.utils.split_and_load(data, self.contexts, even_split=False),
-                        gluon.utils.split_and_load(label, self.contexts, even_split=False)):
-            out = self.supernet(x)
-            loss_sum += float(self.loss_fn(out, y).sum().asscalar())
-            correct += int((out.argmax(axis=1) == y).sum().asscalar())
-        return loss_sum, correct
-
     def _controller_step(self, val_batches, rng: np.random.RandomState) -> dict:
         data, label = next(val_batches)
         sample = self.controller.run(self.config.controller.batch_size, rng=rng)
         rewards, costs = [], []
         for actions in sample.actions:
             self._select(actions)
-            _, correct = self._forward_correct(data, label)
+            _, correct = evaluate_batch(self.supernet, data, label, self.task, self.contexts)
             reward, cost = self.reward(correct / data.shape[0], actions)
             rewards.append(reward)
             costs.append(cost)
@@ -194,8 +183,6 @@ class EnasSearch(SearchMethod):
         loader.set_epoch(config.seed, epoch)
         val_batches = self._val_batches(epoch)
         steps = len(loader)
-        total_steps = steps * config.train.epochs
-        loss_sum, correct, seen = 0.0, 0, 0
         controller_stats: list[dict] = []
         interleave = not config.enas.only_post_training_eval
         # The policy only changes at controller updates, so the paths for all steps up to
@@ -203,42 +190,29 @@ class EnasSearch(SearchMethod):
         # one LSTM pass instead of one per step).
         period = config.controller.update_every if interleave else steps
         planned: list = []
+
+        def sample_path(index: int) -> None:
+            if not planned:
+                ahead = min(period - index % period, steps - index)
+                planned.extend(self.controller.run(ahead, rng=rng).actions)
+            self._select(planned.pop(0))
+
+        def update_controller(result) -> None:
+            if interleave and (result.index + 1) % config.controller.update_every == 0:
+                controller_stats.append(self._controller_step(val_batches, rng))
+
         with self.logger.epoch_progress(epoch, config.train.epochs, steps,
                                         config.train.batch_size) as progress:
-            for index, (data, label) in enumerate(loader):
-                lr = learning_rate(config, self.global_step, total_steps)
-                self.trainer.set_learning_rate(lr)
-                if not planned:
-                    ahead = min(period - index % period, steps - index)
-                    planned = list(self.controller.run(ahead, rng=rng).actions)
-                self._select(planned.pop(0))
-                xs = gluon.utils.split_and_load(data, self.contexts, even_split=False)
-                ys = gluon.utils.split_and_load(label, self.contexts, even_split=False)
-                with autograd.record():
-                    outputs = [self.supernet(x) for x in xs]
-                    losses = [self.loss_fn(out, y) for out, y in zip(outputs, ys)]
-                autograd.backward(losses)
-                # Candidates not on the sampled path have no fresh gradient: leave them as is.
-                self.trainer.step(data.shape[0], ignore_stale_grad=True)
-                self.global_step += 1
-                batch_loss = sum(float(l.sum().asscalar()) for l in losses)
-                batch_correct = sum(int((o.argmax(axis=1) == y).sum().asscalar())
-                                    for o, y in zip(outputs, ys))
-                loss_sum += batch_loss
-                correct += batch_correct
-                seen += data.shape[0]
-                if interleave and (index + 1) % config.controller.update_every == 0:
-                    controller_stats.append(self._controller_step(val_batches, rng))
-                progress.update(batches=1, samples=data.shape[0],
-                                metrics={"loss": loss_sum / seen, "acc": correct / seen})
+            metrics = self.weights.train_epoch(self.supernet, loader, progress,
+                                               before_step=sample_path,
+                                               after_step=update_controller,
+                                               ignore_stale_grad=True)
         if not interleave:
             for _ in range(config.controller.steps_after_epoch):
                 controller_stats.append(self._controller_step(val_batches, rng))
         elif not controller_stats:
             # Fewer steps than update_every: still let the controller learn once per epoch.
             controller_stats.append(self._controller_step(val_batches, rng))
-        metrics = {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                   "lr": learning_rate(config, self.global_step, total_steps)}
         for key in ("reward", "baseline", "entropy", "controller_loss", "sampled_cost"):
             metrics[key] = float(np.mean([s[key] for s in controller_stats]))
         return metrics
@@ -248,35 +222,35 @@ class EnasSearch(SearchMethod):
         if loader is None:
             raise ConfigError(f"data set has no {split!r} split")
         self._select(self.controller.run(1, greedy=True).actions[0])
-        loss_sum, correct, seen = 0.0, 0, 0
-        for data, label in loader:
-            batch_loss, batch_correct = self._forward_correct(data, label)
-            loss_sum += batch_loss
-            correct += batch_correct
-            seen += data.shape[0]
-        return {f"{split}_loss": loss_sum / max(seen, 1), f"{split}_accuracy": correct / max(seen, 1)}
+        return evaluate(self.supernet, loader, self.task, self.contexts, split)
 
     # --- architectures ------------------------------------------------------------------
     def derive(self) -> Architecture:
         greedy = self.controller.run(1, greedy=True)
         actions = greedy.actions[0]
-        values = self._unit_values(actions)
-        cost_fn = cost_models.COST_FUNCTIONS[self.config.enas.cost]
+        chosen = self._chosen(actions)
+        cost_name = self.config.enas.cost
         decisions = []
         for position, ((u, key, options), action) in enumerate(zip(self.decisions, actions)):
-            unit = self.units[u]
-            unit_cost = self.unit_costs[u][self._candidate_index(unit, values[u])]
+            summary = self.unit_costs[u][chosen[u]]
+            cost = {"params": summary.params, "memory_bytes": summary.memory_bytes,
+                    "macs": summary.macs}
+            if cost_name not in RECORDED_COSTS.values():
+                cost[cost_name] = self.unit_cost_values[u][chosen[u]]
             decisions.append(Decision(
                 name=self.unit_names[u], choice=key, value=options[int(action)],
-                options=options, kind=decision_kind(key, options[int(action)]),
-                cost={"params": unit_cost.params, "memory_bytes": unit_cost.memory_bytes,
-                      "macs": unit_cost.macs},
+                options=options, kind=decision_kind(key, options[int(action)]), cost=cost,
                 probabilities=[round(float(p), 6) for p in greedy.probabilities[position][0]]))
-        total = self.cost_summary(actions)
-        costs = total.as_dict()
-        costs.update(cost_name=self.config.enas.cost, cost=cost_fn(total),
+        costs = self.cost_summary(actions).as_dict()
+        costs.update(cost_name=cost_name, cost=self.cost(actions),
                      cost_target=self.cost_target)
         return self.make_architecture(decisions, costs)
+
+    def describe(self, architecture: Architecture) -> dict[str, str]:
+        """A MeliusNet architecture's custom string (`lightnas summary` of it rebuilds it)."""
+        if is_meliusnet(architecture.base_model):
+            return {"custom_string": architecture_to_custom_string(architecture)}
+        return {}
 
     def build(self, architecture: Architecture) -> gluon.HybridBlock:
         self.check_architecture(architecture)
@@ -313,11 +287,12 @@ class EnasSearch(SearchMethod):
         arrays = {f"supernet/{k}": p._reduce() for k, p in structural_params(self.supernet).items()}
         arrays.update({f"controller/{k}": p._reduce()
                        for k, p in structural_params(self.controller).items()})
-        weight_arrays, weight_state = trainer_state(self.trainer, "supernet_opt")
+        weight_arrays, weight_state = self.weights.state("supernet_opt")
         ctrl_arrays, ctrl_state = trainer_state(self.reinforce.trainer, "controller_opt")
         arrays.update(weight_arrays)
         arrays.update(ctrl_arrays)
-        return arrays, {"baseline": self.reinforce.baseline, "global_step": self.global_step,
+        return arrays, {"baseline": self.reinforce.baseline,
+                        "global_step": self.weights.global_step,
                         "supernet_opt": weight_state, "controller_opt": ctrl_state,
                         "decisions": len(self.decisions)}
 
@@ -330,9 +305,9 @@ class EnasSearch(SearchMethod):
                 if name not in arrays:
                     raise ArchitectureError(f"checkpoint lacks {name}: written by another model")
                 param.set_data(arrays[name])
-        load_trainer_state(self.trainer, "supernet_opt", arrays, json_state["supernet_opt"])
+        self.weights.load_state("supernet_opt", arrays, json_state["supernet_opt"],
+                                json_state["global_step"])
         load_trainer_state(self.reinforce.trainer, "controller_opt", arrays,
                            json_state["controller_opt"])
         self.reinforce.baseline = json_state["baseline"]
-        self.global_step = int(json_state["global_step"])
 

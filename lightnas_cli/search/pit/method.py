@@ -28,23 +28,25 @@ import inspect
 
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon, nd
+from mxnet import gluon, nd
 from mxnet.gluon import nn
 from omegaconf import OmegaConf
 
 import bmxnet_models
 from lightnas_cli.checkpoint import load_trainer_state, trainer_state
 from lightnas_cli.errors import ArchitectureError, ConfigError
-from lightnas_cli.search.base import Architecture, Decision, SearchMethod, register_method
-from lightnas_cli.search.enas.method import learning_rate, make_trainer, structural_params
+from lightnas_cli.search.base import Architecture, Decision, SearchMethod
+from lightnas_cli.search.pit.config import regularizer_cost_model
 from lightnas_cli.search.pit.conv import PITConvBase
 from lightnas_cli.search.pit.model import PITModel
+from lightnas_cli.search.pit.regularizers import REPORTED_COSTS
+from lightnas_cli.search.training import (TASKS, WeightTrainer, evaluate, make_trainer,
+                                          structural_params)
 from lightnas_cli.seeding import seed_everything
 
+#: The Gluon classes `pit.exclude_types` names (the schema lists the allowed names).
 EXCLUDABLE_TYPES = {"Conv1D": nn.Conv1D, "Conv2D": nn.Conv2D, "Dense": nn.Dense,
                     "BatchNorm": nn.BatchNorm}
-#: Architecture cost names of the regularizers (as `lightnas_cli.costs` names them).
-COST_NAMES = {"size": "params", "macs": "macs", "flops": "flops"}
 
 
 def decision_kind(value: int, full: int) -> str:
@@ -52,29 +54,16 @@ def decision_kind(value: int, full: int) -> str:
     return "pruned" if value != full else "keep"
 
 
-@register_method("pit")
 class PitSearch(SearchMethod):
     """PIT over the Conv/Dense layers of a zoo model (see the module docstring)."""
 
     def __init__(self, config, data, contexts, logger):
-        super().__init__(config, data, contexts, logger)
         self.pit_cfg = config.pit
-        self._check_config()
-        factory = bmxnet_models.get_model_factory(self.model_name)
-        accepted = inspect.signature(factory).parameters
-        self.task = self.pit_cfg.task
-        if self.task == "auto":
-            self.task = "classification" if "classes" in accepted else "reconstruction"
-        options = dict(OmegaConf.to_container(config.model.options, resolve=True))
-        if "classes" in accepted and self.task == "classification":
-            options.setdefault("classes", self.classes)
-        if "in_channels" in accepted:
-            options.setdefault("in_channels", self.input_shape[0])
-        if "inputs" in accepted:
-            options.setdefault("inputs", int(np.prod(self.input_shape)))
-        self.model_options = options
+        super().__init__(config, data, contexts, logger)
+        self.task = TASKS[self.task_name]()
         seed_everything(config.seed, "init")
-        net = bmxnet_models.get_model(self.model_name, prefix=f"{self.model_name}_", **options)
+        net = bmxnet_models.get_model(self.model_name, prefix=f"{self.model_name}_",
+                                      **self.model_options)
         net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2),
                        ctx=contexts)
         try:
@@ -88,8 +77,9 @@ class PitSearch(SearchMethod):
                 train_dilation=bool(self.pit_cfg.train_dilation))
         except ValueError as exc:
             raise ConfigError(f"pit: cannot convert model {self.model_name!r}: {exc}") from None
+        self.cost_name = regularizer_cost_model(self.pit_cfg.regularizer)
+        self.cost_names = tuple(dict.fromkeys(REPORTED_COSTS + (self.cost_name,)))
         self.full_costs = self._discrete_costs()
-        self.cost_name = COST_NAMES[self.pit_cfg.regularizer]
         self.full_cost = float(self.full_costs[self.cost_name])
         if config.train.hybridize and self.model.hybrid_trainable:
             self.model.hybridize()
@@ -97,32 +87,31 @@ class PitSearch(SearchMethod):
             logger.info("pit: training imperatively (not hybridized): MXNet 1.9.1 cannot "
                         "back-propagate a hybridized batch norm over 1-D (N x C x L) data")
         self._masks_frozen: bool | None = None
-        self.trainer = make_trainer(self.model.net_parameters(), config, contexts)
+        self.weights = WeightTrainer(self.model.net_parameters(), config.train, contexts,
+                                     self.task)
         nas = self.model.nas_parameters()
         arch_lr = self.pit_cfg.arch_lr if self.pit_cfg.arch_lr is not None else config.train.lr
-        self.arch_trainer = gluon.Trainer(
-            nas, self.pit_cfg.arch_optimizer, {"learning_rate": float(arch_lr)},
-            kvstore="device" if len(contexts) > 1 else None,
-            update_on_kvstore=False) if nas else None
-        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        self.global_step = 0
+        self.arch_trainer = make_trainer(nas, self.pit_cfg.arch_optimizer, float(arch_lr),
+                                         contexts) if nas else None
 
-    def _check_config(self) -> None:
-        cfg, epochs = self.pit_cfg, int(self.config.train.epochs)
-        if cfg.warmup_epochs < 0 or cfg.finetune_epochs < 0:
-            raise ConfigError("pit.warmup_epochs and pit.finetune_epochs must be >= 0")
-        if cfg.warmup_epochs + cfg.finetune_epochs > epochs:
-            raise ConfigError(f"pit.warmup_epochs ({cfg.warmup_epochs}) + pit.finetune_epochs "
-                              f"({cfg.finetune_epochs}) exceed train.epochs ({epochs}); the "
-                              f"search runs in the epochs left between them")
-        if not 0.0 < cfg.threshold < 1.0:
-            raise ConfigError(f"pit.threshold must be in (0, 1), got {cfg.threshold}")
-        if cfg.strength < 0:
-            raise ConfigError(f"pit.strength (λ) must be >= 0, got {cfg.strength}")
-        unknown = [t for t in cfg.exclude_types if t not in EXCLUDABLE_TYPES]
-        if unknown:
-            raise ConfigError(f"pit.exclude_types: unknown type(s) {unknown}; allowed: "
-                              f"{', '.join(EXCLUDABLE_TYPES)}")
+    def model_options_from(self, config) -> dict:
+        """The model's `model.options`, plus classes / in_channels / inputs from the data when
+        its constructor takes them; also settles the task (`pit.task: auto` picks
+        reconstruction for models that take no `classes`: an autoencoder's output is its
+        input)."""
+        factory = bmxnet_models.get_model_factory(config.model.name)
+        accepted = inspect.signature(factory).parameters
+        self.task_name = self.pit_cfg.task
+        if self.task_name == "auto":
+            self.task_name = "classification" if "classes" in accepted else "reconstruction"
+        options = dict(OmegaConf.to_container(config.model.options, resolve=True))
+        if "classes" in accepted and self.task_name == "classification":
+            options.setdefault("classes", self.classes)
+        if "in_channels" in accepted:
+            options.setdefault("in_channels", self.input_shape[0])
+        if "inputs" in accepted:
+            options.setdefault("inputs", int(np.prod(self.input_shape)))
+        return options
 
     # --- phases and costs ---------------------------------------------------------------
     def phase(self, epoch: int) -> str:
@@ -139,9 +128,9 @@ class PitSearch(SearchMethod):
             self._masks_frozen = frozen
 
     def _discrete_costs(self) -> dict:
-        found = self.model.costs(soft=False)
-        return {"params": int(found["size"]), "macs": int(found["macs"]),
-                "flops": int(found["flops"])}
+        """The pruned network's reported costs and the regularizer's, by cost-model name."""
+        found = self.model.costs(soft=False, names=self.cost_names)
+        return {name: found[name] for name in self.cost_names}
 
     def _regularizer(self, ctx: mx.Context) -> nd.NDArray:
         value = self.model.regularizer(self.pit_cfg.regularizer, ctx)
@@ -150,12 +139,6 @@ class PitSearch(SearchMethod):
         return value
 
     # --- training -----------------------------------------------------------------------
-    def _task_loss(self, out: nd.NDArray, label: nd.NDArray, data: nd.NDArray) -> nd.NDArray:
-        if self.task == "reconstruction":
-            target = data.reshape((data.shape[0], -1))
-            return ((out.reshape((out.shape[0], -1)) - target) ** 2).mean(axis=1)
-        return self.loss_fn(out, label)
-
     def train_epoch(self, epoch: int) -> dict:
         config = self.config
         phase = self.phase(epoch)
@@ -163,50 +146,33 @@ class PitSearch(SearchMethod):
         regularize = phase == "search" and self.pit_cfg.strength > 0
         loader = self.data.train
         loader.set_epoch(config.seed, epoch)
-        steps = len(loader)
-        total_steps = steps * config.train.epochs
-        loss_sum, reg_sum, correct, seen = 0.0, 0.0, 0, 0
         strength = float(self.pit_cfg.strength)
-        with self.logger.epoch_progress(epoch, config.train.epochs, steps,
+        batch_regs: list = []
+        reg_sum, seen = 0.0, 0
+
+        def add_regularizer(x: nd.NDArray, batch: int, shards: int) -> nd.NDArray:
+            # trainer.step(batch) divides by batch: add batch·λ·reg in all, split over devices
+            # (their gradients are summed).
+            reg = self._regularizer(x.context)
+            batch_regs.append(reg)
+            return (batch * strength / shards) * reg
+
+        def after_step(result) -> None:
+            nonlocal reg_sum, seen
+            seen += result.size
+            if batch_regs:
+                reg_sum += float(batch_regs[0].asscalar()) * result.size
+                batch_regs.clear()
+
+        with self.logger.epoch_progress(epoch, config.train.epochs, len(loader),
                                         config.train.batch_size) as progress:
-            for data, label in loader:
-                self.trainer.set_learning_rate(learning_rate(config, self.global_step,
-                                                             total_steps))
-                batch = data.shape[0]
-                xs = gluon.utils.split_and_load(data, self.contexts, even_split=False)
-                ys = gluon.utils.split_and_load(label, self.contexts, even_split=False)
-                with autograd.record():
-                    outputs = [self.model(x) for x in xs]
-                    losses = [self._task_loss(o, y, x) for o, x, y in zip(outputs, xs, ys)]
-                    totals = [loss.sum() for loss in losses]
-                    if regularize:
-                        regs = [self._regularizer(x.context) for x in xs]
-                        # trainer.step(batch) divides by batch: add batch·λ·reg in all, split
-                        # over devices (their gradients are summed).
-                        share = batch * strength / len(xs)
-                        totals = [t + share * r for t, r in zip(totals, regs)]
-                autograd.backward(totals)
-                self.trainer.step(batch)
-                if regularize and self.arch_trainer is not None:
-                    self.arch_trainer.step(batch)
-                self.global_step += 1
-                loss_sum += sum(float(loss.sum().asscalar()) for loss in losses)
-                if regularize:
-                    reg_sum += float(regs[0].asscalar()) * batch
-                if self.task == "classification":
-                    correct += sum(int((o.argmax(axis=1) == y).sum().asscalar())
-                                   for o, y in zip(outputs, ys))
-                seen += batch
-                shown = {"loss": loss_sum / seen}
-                if self.task == "classification":
-                    shown["acc"] = correct / seen
-                progress.update(batches=1, samples=batch, metrics=shown)
-        metrics: dict = {"train_loss": loss_sum / max(seen, 1)}
-        if self.task == "classification":
-            metrics["train_accuracy"] = correct / max(seen, 1)
+            metrics = self.weights.train_epoch(
+                self.model, loader, progress,
+                extra_loss=add_regularizer if regularize else None,
+                also_step=(self.arch_trainer,) if regularize and self.arch_trainer else (),
+                after_step=after_step)
         derived = self._discrete_costs()
-        metrics.update(lr=learning_rate(config, self.global_step, total_steps), phase=phase,
-                       strength=strength if regularize else 0.0,
+        metrics.update(phase=phase, strength=strength if regularize else 0.0,
                        regularizer=reg_sum / max(seen, 1) if regularize else 0.0,
                        params=derived["params"], macs=derived["macs"])
         self._log_layers(epoch)
@@ -227,24 +193,12 @@ class PitSearch(SearchMethod):
         loader = getattr(self.data, split, None)
         if loader is None:
             raise ConfigError(f"data set has no {split!r} split")
-        loss_sum, correct, seen = 0.0, 0, 0
-        for data, label in loader:
-            for x, y in zip(gluon.utils.split_and_load(data, self.contexts, even_split=False),
-                            gluon.utils.split_and_load(label, self.contexts, even_split=False)):
-                out = self.model(x)
-                loss_sum += float(self._task_loss(out, y, x).sum().asscalar())
-                if self.task == "classification":
-                    correct += int((out.argmax(axis=1) == y).sum().asscalar())
-                seen += x.shape[0]
-        result = {f"{split}_loss": loss_sum / max(seen, 1)}
-        if self.task == "classification":
-            result[f"{split}_accuracy"] = correct / max(seen, 1)
-        return result
+        return evaluate(self.model, loader, self.task, self.contexts, split)
 
     # --- architectures ------------------------------------------------------------------
     def derive(self) -> Architecture:
         per_layer = {path: (int(p), int(m)) for path, p, m in
-                     self.model.costs(soft=False)["layers"]}
+                     self.model.costs(soft=False, names=())["layers"]}
         decisions = []
         for entry in self.model.layers:
             params, macs = per_layer[entry.path]
@@ -335,9 +289,9 @@ class PitSearch(SearchMethod):
     # --- state --------------------------------------------------------------------------
     def state(self) -> tuple[dict, dict]:
         arrays = {f"net/{k}": p._reduce() for k, p in structural_params(self.model).items()}
-        weight_arrays, weight_state = trainer_state(self.trainer, "weights_opt")
+        weight_arrays, weight_state = self.weights.state("weights_opt")
         arrays.update(weight_arrays)
-        json_state = {"global_step": self.global_step, "weights_opt": weight_state,
+        json_state = {"global_step": self.weights.global_step, "weights_opt": weight_state,
                       "parameters": len(arrays)}
         if self.arch_trainer is not None:
             arch_arrays, arch_state = trainer_state(self.arch_trainer, "arch_opt")
@@ -354,8 +308,8 @@ class PitSearch(SearchMethod):
             # layout, and copying into such a buffer fails ("Check failed: to.IsDefaultData").
             param.initialize(ctx=param.list_ctx(), force_reinit=True)
             param.set_data(arrays[name])
-        load_trainer_state(self.trainer, "weights_opt", arrays, json_state["weights_opt"])
+        self.weights.load_state("weights_opt", arrays, json_state["weights_opt"],
+                                json_state["global_step"])
         if self.arch_trainer is not None and "arch_opt" in json_state:
             load_trainer_state(self.arch_trainer, "arch_opt", arrays, json_state["arch_opt"])
-        self.global_step = int(json_state["global_step"])
 

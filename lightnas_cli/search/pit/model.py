@@ -20,7 +20,8 @@ from lightnas_cli.search.pit.features_calculator import default_theta
 from lightnas_cli.search.pit.features_masker import PITMasker
 from lightnas_cli.search.pit.graph import LayerEntry, clear_cached_graphs, convert
 from lightnas_cli.search.pit.module import PITLayer
-from lightnas_cli.search.pit.regularizers import REGULARIZERS, CostGraph, model_costs
+from lightnas_cli.search.pit.config import regularizer_cost_model
+from lightnas_cli.search.pit.regularizers import REPORTED_COSTS, CostGraph, model_costs
 
 
 class PITModel(gluon.HybridBlock):
@@ -167,9 +168,11 @@ class PITModel(gluon.HybridBlock):
             graph._clear_cached_op()
 
     # --- costs --------------------------------------------------------------------------
-    def costs(self, soft: bool = True, ctx: mx.Context | None = None) -> dict[str, Any]:
-        """size / macs / flops of the whole network and per layer (soft: differentiable)."""
-        return model_costs(self.layers, soft, default_theta(ctx), self.threshold)
+    def costs(self, soft: bool = True, ctx: mx.Context | None = None,
+              names: Sequence[str] = REPORTED_COSTS) -> dict[str, Any]:
+        """Costs of the whole network by cost-model name (params also as `size`), and per
+        layer (soft: differentiable in the masks)."""
+        return model_costs(self.layers, soft, default_theta(ctx), self.threshold, names=names)
 
     def size(self, soft: bool = True, ctx: mx.Context | None = None) -> Any:
         return self.costs(soft, ctx)["size"]
@@ -181,17 +184,18 @@ class PITModel(gluon.HybridBlock):
         return self.costs(soft, ctx)["flops"]
 
     def regularizer(self, name: str = "size", ctx: mx.Context | None = None) -> Any:
-        """The differentiable regularization term `name` (size | macs | flops), shape (1,).
+        """The differentiable regularization term `name` (any registered cost model, or
+        `size` = params), shape (1,).
 
         Evaluated by a cached graph of the masker parameters (`CostGraph`); equal to
         `costs(soft=True)[name]`, which evaluates the same formulas operation by operation.
         """
-        if name not in REGULARIZERS:
-            raise ValueError(f"unknown regularizer {name!r}; choose one of {REGULARIZERS}")
+        name = regularizer_cost_model(name)
         graph = self._cost_graphs.graphs.get(name)
         if graph is None:
             if not self.all_maskers():
-                return nd.array([float(self.costs(False)[name])], ctx=ctx or self._contexts()[0])
+                value = self.costs(False, names=(name,))[name]
+                return nd.array([float(value)], ctx=ctx or self._contexts()[0])
             graph = CostGraph(self.layers, self.all_maskers(), name, self.threshold,
                               self._contexts())
             graph.hybridize()

@@ -1,18 +1,35 @@
 """Config schema of the `pit` method (Pruning In Time). Every key is documented here.
 
-Registered in `schema.SCHEMAS["pit"]`. The shared sections (run, data, train, checkpoint,
-export) are `BaseConfig`'s; `model` and `pit` are PIT's own.
+The shared sections (run, data, train, checkpoint, export) are `BaseConfig`'s; `model` and
+`pit` are PIT's own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from lightnas_cli.config.schema import BaseConfig
+from lightnas_cli.config.schema import BaseConfig, ModelSection, setting
+from lightnas_cli.errors import ConfigError
+
+#: Layer types `pit.exclude_types` may name (the Gluon classes PIT converts or follows).
+EXCLUDABLE_TYPES = ("Conv1D", "Conv2D", "Dense", "BatchNorm")
+#: `pit.regularizer` names that are not cost-model names: PIT's paper calls params "size".
+REGULARIZER_ALIASES = {"size": "params"}
+
+
+def regularizer_choices() -> list[str]:
+    """Every registered cost model, plus PIT's alias `size` (= params)."""
+    from lightnas_cli.costs import available_cost_models
+    return sorted(set(available_cost_models()) | set(REGULARIZER_ALIASES))
+
+
+def regularizer_cost_model(name: str) -> str:
+    """The cost model a `pit.regularizer` value names."""
+    return REGULARIZER_ALIASES.get(name, name)
 
 
 @dataclass
-class PitModelConfig:
+class PitModelConfig(ModelSection):
     # Seed network from the zoo (`bmxnet_models.get_model`): tcn | resnet8 | dscnn |
     # mobilenet_v1 | fc_autoencoder (MLPerf Tiny references, bmxnet_models/tinyml.py), or any
     # other registered Gluon model built from Conv1D/Conv2D/Dense/BatchNorm layers.
@@ -26,39 +43,40 @@ class PitModelConfig:
 
 @dataclass
 class PitConfig:
-    # Cost the regularizer counts, with the formulas of lightnas_cli.costs: size (parameters,
-    # biases included) | macs | flops (2 x MACs). Computed from the continuous masks, so it is
-    # differentiable (Risso et al. 2021; PLiNIO's params / ops cost specs).
-    regularizer: str = "size"
+    # Cost the regularizer counts: any registered cost model of lightnas_cli.costs, e.g. size
+    # (= params: parameters, biases included) | macs | flops (2 x MACs) | binary_memory. Computed
+    # from the continuous masks, so it is differentiable (Risso et al. 2021; PLiNIO's params /
+    # ops cost specs).
+    regularizer: str = setting("size", choices=regularizer_choices)
     # λ: loss = task loss + strength * regularizer.
-    strength: float = 0.1
+    strength: float = setting(0.1, ge=0)
     # Divide the regularizer by the unpruned network's cost, so `strength` is relative: 0.1
     # means "the whole network's cost weighs as much as 0.1 of task loss", whatever its size.
     # false uses the raw count (then strength must be tiny, e.g. 1e-7 for MACs).
     normalize: bool = True
     # First epochs train the weights only: masks frozen at 1 and no regularizer.
-    warmup_epochs: int = 0
+    warmup_epochs: int = setting(0, ge=0)
     # Last epochs train the weights of the pruned network: masks frozen, no regularizer.
     # The search runs in the epochs between (train.epochs - warmup - finetune of them).
-    finetune_epochs: int = 0
+    finetune_epochs: int = setting(0, ge=0)
     # Binarization threshold of the masks (PIT: 0.5).
-    threshold: float = 0.5
+    threshold: float = setting(0.5, gt=0, lt=1)
     # Search output channels (α), receptive fields (β) and dilations (γ); false freezes them.
     train_channels: bool = True
     train_rf: bool = True
     train_dilation: bool = True
     # Optimizer (adam | sgd) and learning rate of the masks; null lr uses train.lr.
-    arch_optimizer: str = "adam"
-    arch_lr: Optional[float] = None
+    arch_optimizer: str = setting("adam", choices=("adam", "sgd"))
+    arch_lr: Optional[float] = setting(None, gt=0)
     # Layers left out of the search: block paths such as "0" or "2.conv1", or block names.
     exclude_names: List[str] = field(default_factory=list)
     # Layer types left out of the search: Conv1D | Conv2D | Dense | BatchNorm.
-    exclude_types: List[str] = field(default_factory=list)
+    exclude_types: List[str] = setting(factory=list, choices=EXCLUDABLE_TYPES)
     # Task loss: classification (softmax cross-entropy on the labels, accuracy reported) |
     # reconstruction (mean squared error between the output and the flattened input, labels
     # ignored, no accuracy: the anomaly-detection autoencoder). auto: reconstruction for
     # models registered as autoencoders (fc_autoencoder), classification otherwise.
-    task: str = "auto"
+    task: str = setting("auto", choices=("auto", "classification", "reconstruction"))
 
 
 @dataclass
@@ -66,3 +84,12 @@ class PitSearchConfig(BaseConfig):
     method: str = "pit"
     model: PitModelConfig = field(default_factory=PitModelConfig)  # type: ignore[assignment]
     pit: PitConfig = field(default_factory=PitConfig)
+
+    @staticmethod
+    def check(cfg: Any) -> None:
+        phases, epochs = cfg.pit.warmup_epochs + cfg.pit.finetune_epochs, cfg.train.epochs
+        if phases > epochs:
+            raise ConfigError(f"pit.warmup_epochs ({cfg.pit.warmup_epochs}) + "
+                              f"pit.finetune_epochs ({cfg.pit.finetune_epochs}) exceed "
+                              f"train.epochs ({epochs}); the search runs in the epochs left "
+                              f"between them")

@@ -1,0 +1,81 @@
+"""Cost models selected by name: `get_cost_model("macs")`, `available_cost_models()`.
+
+A cost model is a per-layer function of a `Layer` description; a network's cost is the sum over
+its layers (which is what makes per-block costs of a supernet add up to any sampled network's).
+Models that need settings (a latency table's file, a systolic array's size) take them as
+keyword options of `get_cost_model(name, **options)`.
+
+To add one: subclass `CostModel` in a module of this package (or your own), set `name`, `unit`
+and `description`, implement `layer`, and decorate the class with `@register_cost_model`.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+from lightnas_cli.costs.layer import Layer
+from lightnas_cli.errors import ConfigError
+
+
+class CostModel:
+    """Base class: `layer(description)` is one layer's cost, `total(descriptions)` their sum."""
+
+    name: str = ""
+    unit: str = ""
+    description: str = ""
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"cost model {self.name!r} takes no options, got "
+                              f"{sorted(options)}")
+
+    def layer(self, layer: Layer) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement layer()")
+
+    def total(self, layers: Iterable[Layer]) -> Any:
+        """Sum of the per-layer costs (0 for no layers); stays soft if any term is."""
+        total: Any = 0
+        for layer in layers:
+            total = total + self.layer(layer)
+        return total
+
+    def __call__(self, layer: Layer) -> Any:
+        return self.layer(layer)
+
+
+_COST_MODELS: dict[str, type[CostModel]] = {}
+
+
+def register_cost_model(cls: type[CostModel]) -> type[CostModel]:
+    """Class decorator adding a cost model to the registry under `cls.name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a `name` to be registered")
+    existing = _COST_MODELS.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"cost model {cls.name!r} is already registered to {existing!r}")
+    _COST_MODELS[cls.name] = cls
+    return cls
+
+
+def available_cost_models() -> list[str]:
+    """Names of the registered cost models, sorted."""
+    return sorted(_COST_MODELS)
+
+
+def cost_model_class(name: str) -> type[CostModel]:
+    """The registered class; an unknown name raises ConfigError with the closest names."""
+    if name not in _COST_MODELS:
+        close = difflib.get_close_matches(str(name), list(_COST_MODELS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown cost model {name!r}.{hint} Registered cost models: "
+                          f"{', '.join(available_cost_models())}")
+    return _COST_MODELS[name]
+
+
+def get_cost_model(name: str, **options: Any) -> CostModel:
+    """An instance of the cost model registered as `name`, with its options."""
+    return cost_model_class(name)(**options)
+
+
+def cost_unit(name: str) -> str:
+    return cost_model_class(name).unit

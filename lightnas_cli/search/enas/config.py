@@ -1,0 +1,77 @@
+"""Config schema of the `enas` method: the binary zoo model's options, the reward and the
+controller. Every key is documented here; the shared sections are `BaseConfig`'s."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lightnas_cli.config.schema import BaseConfig, ModelSection, setting
+
+
+def _cost_models() -> list[str]:
+    from lightnas_cli.costs import available_cost_models
+    return available_cost_models()
+
+
+@dataclass
+class EnasModelConfig(ModelSection):
+    # Base model from the zoo (`bmxnet_models.get_model`): resnet_e18 | resnet_e34 |
+    # meliusnet22 | meliusnet29 | meliusnet42 | meliusnet59 (`lightnas summary` also takes
+    # custom strings such as meliusnet_custom:DTSI).
+    name: str = "resnet_e18"
+    # Initial layers: thumbnail (3x3 conv, for small images) | imagenet (ResNet-E: 7x7/2 conv +
+    # max-pool; MeliusNet: the paper's grouped stem, needs base_channels divisible by 16).
+    stem: str = setting("thumbnail", choices=("thumbnail", "imagenet"))
+    # ResNet-E: width of the first stage (64 in the paper). MeliusNet: growth rate and stem width
+    # (64 in the paper); transition widths scale with it. Smaller values make tiny test nets.
+    base_channels: int = setting(64, ge=1)
+    # Gradient cancelling of the straight-through sign: gradient is zero where |x| > clip.
+    grad_cancel: float = setting(1.0, gt=0)
+    # Scale binary weights per output channel: none | mean (mean |W|, as in XNOR-Net).
+    weight_scaling: str = setting("none", choices=("none", "mean"))
+    # Sign of binary activations: det_sign (straight-through gradient) | approx_sign (Bi-Real
+    # Net's gradient 2 - 2|x| inside +-1).
+    activation: str = setting("det_sign", choices=("det_sign", "approx_sign"))
+    # Padding of binarized inputs: zero | minus_one (BMXNet-v2: every input stays +-1).
+    binary_padding: str = setting("zero", choices=("zero", "minus_one"))
+
+
+@dataclass
+class EnasConfig:
+    # Cost of an architecture in the reward: any registered cost model (`lightnas summary
+    # --cost` lists them): params | macs | flops | binary_memory | ops ...
+    cost: str = setting("binary_memory", choices=_cost_models)
+    # Exponent w in reward = accuracy * (cost_target / cost) ** w; 0 turns the cost off.
+    cost_weight: float = setting(0.0, ge=0)
+    # null: halfway between the cheapest and the most expensive architecture of the space.
+    cost_target: Optional[float] = setting(None, gt=0)
+    # true: train the weights for the whole epoch first, then run all controller updates
+    # (controller.steps_after_epoch of them); false: interleave (every controller.update_every).
+    only_post_training_eval: bool = False
+
+
+@dataclass
+class ControllerConfig:
+    # LSTM controller (Pham et al., ENAS, 2018): embedding and hidden size.
+    hidden_size: int = setting(100, ge=1)
+    # Architectures sampled per controller update; the policy gradient sums over all of them.
+    batch_size: int = setting(8, ge=1)
+    # Training steps of the supernet between controller updates (interleaved mode).
+    update_every: int = setting(20, ge=1)
+    # Controller updates after the epoch when enas.only_post_training_eval is true.
+    steps_after_epoch: int = setting(10, ge=1)
+    lr: float = setting(3e-3, gt=0)
+    # logits = tanh_constant * tanh(logits / temperature); null disables either.
+    temperature: Optional[float] = setting(5.0, gt=0)
+    tanh_constant: Optional[float] = setting(2.5, gt=0)
+    entropy_weight: float = setting(1e-4, ge=0)
+    # Exponential moving average of the reward used as the REINFORCE baseline.
+    baseline_decay: float = setting(0.95, ge=0, le=1)
+
+
+@dataclass
+class EnasSearchConfig(BaseConfig):
+    method: str = "enas"
+    model: EnasModelConfig = field(default_factory=EnasModelConfig)  # type: ignore[assignment]
+    enas: EnasConfig = field(default_factory=EnasConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)

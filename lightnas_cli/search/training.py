@@ -1,0 +1,300 @@
+"""What every search method shares to train and evaluate a network's weights.
+
+- `make_trainer`: the weights' Gluon Trainer (optimizer, weight decay, gradient clipping),
+  built so its states can be checkpointed without pickle (`lightnas_cli.checkpoint`);
+- `LearningRateSchedule`: per-step rates (constant, cosine, optional linear warm-up);
+- `Task`: the loss, and whether accuracy means anything (classification or reconstruction);
+- `WeightTrainer`: the data-parallel forward/backward/update over `train.contexts` and the
+  epoch loop around it, with hooks for what a method does between steps (select a path,
+  update a controller, add a regularizer, step architecture parameters);
+- `evaluate` / `evaluate_batch`: a network's loss and accuracy on a split or one batch;
+- `MetricTotals`: running sums of loss, correct predictions and samples.
+
+A method owns what is its own (a controller, masks, phases) and calls these for the rest, so
+two methods never hold two copies of a training loop, and no method imports another's module.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+
+from lightnas_cli.checkpoint import load_trainer_state, trainer_state
+from lightnas_cli.errors import ConfigError
+
+#: Optimizers a config may name (`train.optimizer`); momentum applies to the first two.
+OPTIMIZERS = ("sgd", "nag", "adam")
+MOMENTUM_OPTIMIZERS = ("sgd", "nag")
+#: Learning-rate schedules (`train.lr_schedule`).
+SCHEDULES = ("constant", "cosine")
+
+
+def structural_params(net: gluon.Block) -> dict[str, gluon.Parameter]:
+    """Parameters by structural name (stable across processes), each shared one once."""
+    result, seen = {}, set()
+    for name, param in net._collect_params_with_prefix().items():
+        if id(param) not in seen:
+            seen.add(id(param))
+            result[name] = param
+    return result
+
+
+def make_trainer(params: Any, optimizer: str, lr: float, contexts: Sequence[mx.Context],
+                 weight_decay: float = 0.0, momentum: float | None = None,
+                 clip_gradient: float | None = None) -> gluon.Trainer:
+    """A Trainer whose states stay in `_updaters` (update_on_kvstore=False), for exact resume.
+
+    `clip_gradient` clips every gradient element to [-c, c] after rescaling (MXNet's optimizer
+    option): unlike a global-norm clip it needs no view of all gradients at once, so it stays
+    correct when only part of a supernet has fresh gradients (ENAS).
+    """
+    options: dict[str, Any] = {"learning_rate": lr, "wd": weight_decay}
+    if optimizer in MOMENTUM_OPTIMIZERS and momentum is not None:
+        options["momentum"] = momentum
+    if clip_gradient is not None:
+        options["clip_gradient"] = float(clip_gradient)
+    return gluon.Trainer(params, optimizer, options,
+                         kvstore="device" if len(contexts) > 1 else None,
+                         update_on_kvstore=False)
+
+
+def weight_trainer_from_config(params: Any, train_cfg: Any,
+                               contexts: Sequence[mx.Context]) -> gluon.Trainer:
+    """The weights' Trainer as the `train` config section describes it."""
+    return make_trainer(params, train_cfg.optimizer, train_cfg.lr, contexts,
+                        weight_decay=train_cfg.weight_decay, momentum=train_cfg.momentum,
+                        clip_gradient=train_cfg.clip_gradient)
+
+
+@dataclass(frozen=True)
+class LearningRateSchedule:
+    """The learning rate at a global step (counted from 0 over the whole run).
+
+    `warmup_steps` > 0 first rises linearly, base_lr * (step + 1) / warmup_steps, so the first
+    step already trains; then `cosine` decays from base_lr to 0 over the remaining steps
+    (reaching 0 at `total_steps`), or `constant` keeps base_lr.
+    """
+
+    base_lr: float
+    kind: str = "constant"
+    total_steps: int = 0
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ConfigError(f"unknown learning-rate schedule {self.kind!r}; choose one of "
+                              f"{', '.join(SCHEDULES)}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        span = self.total_steps - self.warmup_steps
+        if self.kind == "cosine" and span > 0:
+            progress = min(step - self.warmup_steps, span)
+            return 0.5 * self.base_lr * (1.0 + math.cos(math.pi * progress / span))
+        return float(self.base_lr)
+
+
+def schedule_from_config(train_cfg: Any, steps_per_epoch: int) -> LearningRateSchedule:
+    """The run's schedule: `train.lr`, `train.lr_schedule`, `train.warmup_epochs` (may be
+    fractional; rounded to whole steps) over `train.epochs` epochs of `steps_per_epoch`."""
+    return LearningRateSchedule(base_lr=float(train_cfg.lr), kind=train_cfg.lr_schedule,
+                                total_steps=steps_per_epoch * int(train_cfg.epochs),
+                                warmup_steps=int(round(float(train_cfg.warmup_epochs)
+                                                       * steps_per_epoch)))
+
+
+class Task:
+    """What is learnt: the per-sample loss, and whether accuracy is reported."""
+
+    name = "task"
+    has_accuracy = True
+
+    def loss(self, output: nd.NDArray, label: nd.NDArray, data: nd.NDArray) -> nd.NDArray:
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """Softmax cross-entropy on the labels; accuracy is the arg-max hit rate."""
+
+    name = "classification"
+
+    def __init__(self) -> None:
+        self._loss = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def loss(self, output: nd.NDArray, label: nd.NDArray, data: nd.NDArray) -> nd.NDArray:
+        return self._loss(output, label)
+
+
+class ReconstructionTask(Task):
+    """Mean squared error between the output and the flattened input (autoencoders); labels
+    are ignored and there is no accuracy."""
+
+    name = "reconstruction"
+    has_accuracy = False
+
+    def loss(self, output: nd.NDArray, label: nd.NDArray, data: nd.NDArray) -> nd.NDArray:
+        target = data.reshape((data.shape[0], -1))
+        return ((output.reshape((output.shape[0], -1)) - target) ** 2).mean(axis=1)
+
+
+TASKS: dict[str, Callable[[], Task]] = {"classification": ClassificationTask,
+                                        "reconstruction": ReconstructionTask}
+
+
+def split_batch(data: nd.NDArray, label: nd.NDArray,
+                contexts: Sequence[mx.Context]) -> list[tuple[nd.NDArray, nd.NDArray]]:
+    """(data, label) shards, one per device (uneven last shards allowed)."""
+    xs = gluon.utils.split_and_load(data, contexts, even_split=False)
+    ys = gluon.utils.split_and_load(label, contexts, even_split=False)
+    return list(zip(xs, ys))
+
+
+@dataclass
+class MetricTotals:
+    """Running sums over batches: loss, correct predictions (when the task has accuracy),
+    samples. Per batch, device losses are summed first, then added (one rounding order)."""
+
+    task: Task
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    def add(self, outputs: Sequence[nd.NDArray], losses: Sequence[nd.NDArray],
+            shards: Sequence[tuple[nd.NDArray, nd.NDArray]]) -> tuple[float, int]:
+        """Add one batch; returns its (summed loss, correct predictions)."""
+        batch_loss = sum(float(loss.sum().asscalar()) for loss in losses)
+        batch_correct = 0
+        if self.task.has_accuracy:
+            batch_correct = sum(int((out.argmax(axis=1) == y).sum().asscalar())
+                                for out, (_, y) in zip(outputs, shards))
+        self.loss_sum += batch_loss
+        self.correct += batch_correct
+        self.seen += sum(x.shape[0] for x, _ in shards)
+        return batch_loss, batch_correct
+
+    def shown(self) -> dict:
+        """Running values for a progress bar."""
+        shown = {"loss": self.loss_sum / max(self.seen, 1)}
+        if self.task.has_accuracy:
+            shown["acc"] = self.correct / max(self.seen, 1)
+        return shown
+
+    def result(self, prefix: str) -> dict:
+        """`{prefix}_loss` and (with accuracy) `{prefix}_accuracy`, averaged per sample."""
+        result = {f"{prefix}_loss": self.loss_sum / max(self.seen, 1)}
+        if self.task.has_accuracy:
+            result[f"{prefix}_accuracy"] = self.correct / max(self.seen, 1)
+        return result
+
+
+def evaluate_batch(net: Callable, data: nd.NDArray, label: nd.NDArray, task: Task,
+                   contexts: Sequence[mx.Context], totals: MetricTotals | None = None
+                   ) -> tuple[float, int]:
+    """(summed loss, correct predictions) of one batch in inference mode."""
+    totals = totals if totals is not None else MetricTotals(task)
+    shards = split_batch(data, label, contexts)
+    outputs = [net(x) for x, _ in shards]
+    losses = [task.loss(out, y, x) for out, (x, y) in zip(outputs, shards)]
+    return totals.add(outputs, losses, shards)
+
+
+def evaluate(net: Callable, loader: Iterable, task: Task, contexts: Sequence[mx.Context],
+             split: str) -> dict:
+    """`{split}_loss` (and `{split}_accuracy`) of a network over a whole split."""
+    totals = MetricTotals(task)
+    for data, label in loader:
+        evaluate_batch(net, data, label, task, contexts, totals)
+    return totals.result(split)
+
+
+@dataclass
+class BatchResult:
+    """One training step: its index in the epoch, its batch size, summed loss and hits."""
+
+    index: int
+    size: int
+    loss: float
+    correct: int
+
+
+#: extra_loss(x_shard, batch_size, shard_count) -> a scalar NDArray added to that shard's
+#: summed task loss (Trainer.step divides the summed gradient by the batch size).
+ExtraLoss = Callable[[nd.NDArray, int, int], nd.NDArray]
+
+
+class WeightTrainer:
+    """The network weights' optimizer, learning-rate schedule and step counter, and the
+    data-parallel training epoch every method runs.
+
+    Gradients are summed over devices by the Trainer; `trainer.step(batch)` divides by the
+    batch size, so losses are per-sample sums. Hooks let a method act around each step without
+    its own copy of the loop:
+      - `before_step(index)`: e.g. pick the supernet path to train (ENAS);
+      - `extra_loss(x, batch, shards)`: e.g. λ·regularizer (PIT), added per device;
+      - `also_step`: further trainers stepped with the same batch (architecture parameters);
+      - `after_step(result)`: e.g. a controller update every k steps (ENAS).
+    """
+
+    def __init__(self, params: Any, train_cfg: Any, contexts: Sequence[mx.Context],
+                 task: Task):
+        self.train_cfg = train_cfg
+        self.contexts = list(contexts)
+        self.task = task
+        self.trainer = weight_trainer_from_config(params, train_cfg, contexts)
+        self.global_step = 0
+        self._schedule: LearningRateSchedule | None = None
+
+    def schedule(self, steps_per_epoch: int) -> LearningRateSchedule:
+        if self._schedule is None or self._schedule.total_steps != steps_per_epoch * int(
+                self.train_cfg.epochs):
+            self._schedule = schedule_from_config(self.train_cfg, steps_per_epoch)
+        return self._schedule
+
+    def train_epoch(self, net: Callable, loader: Any, progress: Any, *,
+                    before_step: Callable[[int], None] | None = None,
+                    extra_loss: ExtraLoss | None = None,
+                    also_step: Sequence[gluon.Trainer] = (),
+                    after_step: Callable[[BatchResult], None] | None = None,
+                    ignore_stale_grad: bool = False) -> dict:
+        """One pass over `loader`; returns train_loss, train_accuracy (if any) and lr."""
+        schedule = self.schedule(len(loader))
+        totals = MetricTotals(self.task)
+        for index, (data, label) in enumerate(loader):
+            self.trainer.set_learning_rate(schedule(self.global_step))
+            if before_step is not None:
+                before_step(index)
+            batch = data.shape[0]
+            shards = split_batch(data, label, self.contexts)
+            with autograd.record():
+                outputs = [net(x) for x, _ in shards]
+                losses = [self.task.loss(out, y, x) for out, (x, y) in zip(outputs, shards)]
+                heads = losses
+                if extra_loss is not None:
+                    heads = [loss.sum() + extra_loss(x, batch, len(shards))
+                             for loss, (x, _) in zip(losses, shards)]
+            autograd.backward(heads)
+            # Parameters off the trained path have no fresh gradient; leave them as they are.
+            self.trainer.step(batch, ignore_stale_grad=ignore_stale_grad)
+            for trainer in also_step:
+                trainer.step(batch)
+            self.global_step += 1
+            loss, correct = totals.add(outputs, losses, shards)
+            if after_step is not None:
+                after_step(BatchResult(index, batch, loss, correct))
+            progress.update(batches=1, samples=batch, metrics=totals.shown())
+        metrics = totals.result("train")
+        metrics["lr"] = schedule(self.global_step)
+        return metrics
+
+    def state(self, prefix: str) -> tuple[dict, dict]:
+        """Optimizer arrays (named `prefix/...`) and JSON state; the step count is the
+        method's to store (it keeps its own key for compatibility with older checkpoints)."""
+        return trainer_state(self.trainer, prefix)
+
+    def load_state(self, prefix: str, arrays: dict, json_state: dict, global_step: int) -> None:
+        load_trainer_state(self.trainer, prefix, arrays, json_state)
+        self.global_step = int(global_step)
