@@ -28,11 +28,13 @@ Choices made here where the references are silent or disagree:
 - ``bottleneck_binary`` says which convolutions of a 1-bit bottleneck are binary. ``"all"``
   (default): the two 1x1s and the 3x3, like BMXNet-v2's bottleneck, whose three layers are all
   ``QConv2D`` (its bottleneck still has ReLUs and an outdated signature, so it is ambiguous).
-  ``"3x3"``: only the 3x3; the 1x1s stay 32-bit. The 1x1s hold 8/16 of a bottleneck's body
-  weights (2 x C x C/4 against 9 x (C/4)^2), so ``"3x3"`` makes a net about 14x larger in
-  memory, but a binary 1x1 that reduces C to C/4 channels is where a BNN loses most
-  information (Bethge et al. 2019, "Back to Simplicity", argue bottlenecks hurt BNNs). Basic
-  blocks only have 3x3 convolutions, so both values build the same basic-block network;
+  ``"3x3"``: only the 3x3; the 1x1s stay 32-bit. The 1x1s hold 8/17 of a bottleneck body's
+  weights (2 x C x C/4 against 9 x (C/4)^2), so ``"3x3"`` costs memory: ResNet-50 V2 at 1 bit
+  is 10.8 MiB with ``"all"`` and 45.4 MiB with ``"3x3"`` (``lightnas summary resnet50_v2 -o
+  bottleneck_binary=3x3``). It is there because a binary 1x1 that squeezes C channels to C/4
+  loses much information (Bethge et al. 2019, "Back to Simplicity", advise against bottlenecks
+  in BNNs). Basic blocks only have 3x3 convolutions, so both values build the same basic-block
+  network;
 - ``fp_shortcut``: the 1x1 shortcut convolution is full precision even in a 1-bit block
   (Bi-Real Net / ResNet-E keep shortcuts real-valued). A full-precision shortcut is linear (no
   ReLU); a binary one binarizes its input like the body;

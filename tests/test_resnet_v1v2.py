@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import collections
 import json
-import warnings
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,11 +20,19 @@ from bmxnet_models.resnet import (BasicBlockV1, BasicBlockV2, BottleNeckBlockV1,
                                   BottleNeckBlockV2, stage_widths)
 from lightnas_cli.errors import ConfigError
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli_env
 from helpers import assert_export_round_trip, copy_active_parameters, random_data, randomize
 
 TINY = dict(classes=3, base_channels=4, stem="thumbnail")
 NAMES = [f"resnet{d}_v{v}" for d in (18, 34, 50, 101, 152) for v in (1, 2)]
+
+
+def run_cli(args: list[str], cwd) -> subprocess.CompletedProcess:
+    """`lightnas ARGS` with one OpenMP thread (2 shared cores: more threads crawl)."""
+    env = cli_env()
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([sys.executable, "-m", "lightnas_cli.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def conv_dense_weights(net: gluon.Block) -> list[tuple[int, ...]]:
@@ -284,15 +293,10 @@ def test_summary_memory_equals_a_hand_count(name: str, options: dict, tmp_path) 
 
 
 def test_zoo_imports_no_search_package() -> None:
-    import subprocess
-    import sys
-
     code = ("import sys, bmxnet_models.resnet, bmxnet_models; "
             "bmxnet_models.get_model('resnet50_v2', enas=True, base_channels=4); "
             "assert not [m for m in sys.modules if m.startswith('lightnas_cli.search')], "
             "sorted(m for m in sys.modules if m.startswith('lightnas_cli'))")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO,
+                            env=cli_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
