@@ -300,3 +300,22 @@ def test_zoo_imports_no_search_package() -> None:
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO,
                             env=cli_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["resnet18_v2", "resnet50_v1"])
+def test_zoo_quantizer_options_reach_every_binary_conv_and_export(name: str, tmp_path) -> None:
+    options = dict(TINY, weight_scaling="mean", activation="approx_sign",
+                   binary_padding="minus_one", grad_cancel=0.5)
+    net = bmxnet_models.get_model(name, **options)
+    binary = [layer for block in net.blocks for layer in _walk(block)
+              if isinstance(layer, QConv2D) and layer.is_binary]
+    assert binary and all(c.weight_scaling == "mean" and c.activation == "approx_sign" and
+                          c.binary_padding == "minus_one" and c.clip == 0.5 for c in binary)
+    assert any(c.pads_with_minus_one for c in binary)
+    assert_export_round_trip(net, random_data((2, 3, 8, 8)), str(tmp_path / name), epoch=3)
+
+
+def _walk(block):
+    yield block
+    for child in block._children.values():
+        yield from _walk(child)
