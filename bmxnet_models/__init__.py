@@ -107,6 +107,12 @@ from bmxnet_models import resnet_e as _resnet_e  # noqa: E402  (registry must ex
 
 register_model("resnet_e18")(_resnet_e.resnet_e18)
 register_model("resnet_e34")(_resnet_e.resnet_e34)
+from bmxnet_models import resnet as _resnet  # noqa: E402
+
+for _depth in sorted(_resnet.RESNET_SPEC):
+    for _version in _resnet.VERSIONS:
+        register_model(f"resnet{_depth}_v{_version}")(
+            getattr(_resnet, f"resnet{_depth}_v{_version}"))
 from bmxnet_models import meliusnet as _meliusnet  # noqa: E402
 
 for _size in sorted(_meliusnet.MELIUSNET_SPEC):
