@@ -112,3 +112,18 @@ def test_gpu_context_is_refused_without_gpus() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="GPU"):
         parse_contexts(["gpu:0"])
+
+
+def test_model_options_reach_the_zoo_model(tmp_path: Path) -> None:
+    """`model.options` passes model-specific constructor options (ResNet V1's fp_shortcut:
+    32-bit shortcut convolutions) and refuses keys that belong elsewhere."""
+    base = ["model.name=resnet18_v1", "model.stem=thumbnail"]
+    binary = _method(tmp_path, *base)
+    fp = _method(tmp_path, *base, "model.options.fp_shortcut=true")
+    assert fp.model_options["fp_shortcut"] is True and "fp_shortcut" not in binary.model_options
+    all_binary = [0] * len(binary.decisions)
+    assert fp.cost_summary(all_binary).params_float > binary.cost_summary(all_binary).params_float
+    with pytest.raises(ConfigError, match="repeats"):
+        _method(tmp_path, *base, "model.options.stem=imagenet")
+    with pytest.raises(ConfigError, match="no option"):
+        _method(tmp_path, *base, "model.options.warp=1")

@@ -63,7 +63,8 @@ def test_search_runs_two_epochs_with_one_bits_decision_per_block(searched) -> No
     costs = arch["costs"]
     assert costs["memory_bytes"] == costs["params_binary"] / 8 + 4 * costs["params_float"]
     for kind in ("inference_only", "trainable"):
-        assert (run / "exported_models" / kind / f"{model}-symbol.json").is_file()
+        assert (run / "exported_models" / "epoch-0002" / kind /
+                f"{model}-symbol.json").is_file()
 
 
 def test_resume_after_epoch_one_matches_the_uninterrupted_run(searched) -> None:
@@ -94,7 +95,7 @@ def test_export_stores_binary_blocks_as_signs_and_loads_in_a_fresh_process(
     out = tmp_path / "exported"
     result = _cli(["export", "net", "--out", str(out)], folder)
     assert result.returncode == 0, result.stdout + result.stderr
-    inference = out / "inference_only"
+    inference = out / "epoch-0002" / "inference_only"
     arch = json.loads((inference / f"{model}-0002-architecture.json").read_text())
     # Unit "features.S.B" (thumbnail stem: features[1..4] are the stages) is block B of stage S.
     bits = {tuple(int(v) for v in d["name"].split(".")[1:]): d["value"]
@@ -131,7 +132,7 @@ def test_export_stores_binary_blocks_as_signs_and_loads_in_a_fresh_process(
 import numpy as np, mxnet as mx, warnings
 warnings.simplefilter("ignore")
 from mxnet import gluon
-d = {str(out / kind)!r}
+d = {str(out / "epoch-0002" / kind)!r}
 net = gluon.SymbolBlock.imports(d + "/{model}-symbol.json", ["data"], d + "/{model}-0002.params")
 out = net(mx.nd.array(np.load({str(tmp_path / 'x.npy')!r}))).asnumpy()
 expected = np.load({str(tmp_path / 'expected.npy')!r})

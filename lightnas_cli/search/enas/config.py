@@ -3,7 +3,7 @@ controller. Every key is documented here; the shared sections are `BaseConfig`'s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from lightnas_cli.config.schema import BaseConfig, ModelSection, setting
 
@@ -16,14 +16,16 @@ def _cost_models() -> list[str]:
 @dataclass
 class EnasModelConfig(ModelSection):
     # Base model from the zoo (`bmxnet_models.get_model`): resnet_e18 | resnet_e34 |
-    # meliusnet22 | meliusnet29 | meliusnet42 | meliusnet59 (`lightnas summary` also takes
-    # custom strings such as meliusnet_custom:DTSI).
+    # resnet18_v1 ... resnet152_v1 | resnet18_v2 ... resnet152_v2 | meliusnet22 | meliusnet29 |
+    # meliusnet42 | meliusnet59 (`lightnas summary` also takes custom strings such as
+    # meliusnet_custom:DTSI).
     name: str = "resnet_e18"
     # Initial layers: thumbnail (3x3 conv, for small images) | imagenet (ResNet-E: 7x7/2 conv +
     # max-pool; MeliusNet: the paper's grouped stem, needs base_channels divisible by 16).
     stem: str = setting("thumbnail", choices=("thumbnail", "imagenet"))
-    # ResNet-E: width of the first stage (64 in the paper). MeliusNet: growth rate and stem width
-    # (64 in the paper); transition widths scale with it. Smaller values make tiny test nets.
+    # ResNet-E: width of the first stage (64 in the paper). ResNet V1/V2: stem width (64); the
+    # stages are 1x-8x it (basic blocks) or 4x-32x (bottlenecks). MeliusNet: growth rate and stem
+    # width (64 in the paper); transition widths scale with it. Smaller values make tiny nets.
     base_channels: int = setting(64, ge=1)
     # Gradient cancelling of the straight-through sign: gradient is zero where |x| > clip.
     grad_cancel: float = setting(1.0, gt=0)
@@ -34,6 +36,10 @@ class EnasModelConfig(ModelSection):
     activation: str = setting("det_sign", choices=("det_sign", "approx_sign"))
     # Padding of binarized inputs: zero | minus_one (BMXNet-v2: every input stays +-1).
     binary_padding: str = setting("zero", choices=("zero", "minus_one"))
+    # Further constructor options of the chosen zoo model, e.g. for resnetNN_v1/v2
+    # {fp_shortcut: true, bottleneck_binary: 3x3} (`lightnas summary MODEL -o key=value` takes
+    # the same). An option the model does not take is refused with the list it does take.
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -74,8 +74,16 @@ class EnasSearch(SearchMethod):
                                    ctrl.entropy_weight)
 
     def model_options_from(self, config) -> dict:
-        """Every model.* key except the name is a constructor option of the zoo model."""
-        options = {k: v for k, v in OmegaConf.to_container(config.model).items() if k != "name"}
+        """Every model.* key except the name is a constructor option of the zoo model;
+        `model.options` adds model-specific ones."""
+        section = OmegaConf.to_container(config.model, resolve=True)
+        extra = section.pop("options", None) or {}
+        options = {k: v for k, v in section.items() if k != "name"}
+        clash = sorted(set(extra) & (set(options) | {"in_channels", "classes", "enas"}))
+        if clash:
+            raise ConfigError(f"model.options repeats {clash}: set them as model.<key> (or "
+                              f"leave them to the data: in_channels, classes)")
+        options.update(extra)
         options["in_channels"] = self.input_shape[0]
         return options
 
