@@ -17,7 +17,7 @@ from mxnet import gluon, nd
 
 from lightnas_cli.errors import ConfigError
 from lightnas_cli.search.training import (ClassificationTask, LearningRateSchedule,
-                                          MetricTotals, ReconstructionTask, WeightTrainer,
+                                          MetricTotals, ReconstructionTask, weight_trainer,
                                           evaluate, make_trainer, schedule_from_config)
 
 from conftest import REPO, cli_env
@@ -143,7 +143,7 @@ def _tiny(contexts):
 
 def test_epoch_loop_calls_hooks_in_order_and_trains() -> None:
     net, loader, train = _tiny([mx.cpu()])
-    weights = WeightTrainer(net.collect_params(), train, [mx.cpu()], ClassificationTask())
+    weights = weight_trainer(net.collect_params(), train, [mx.cpu()], ClassificationTask())
     calls: list = []
     extra = gluon.Parameter("extra", shape=(1,), init=mx.init.Constant(1.0))
     extra.initialize()
@@ -166,13 +166,29 @@ def test_epoch_loop_calls_hooks_in_order_and_trains() -> None:
     assert set(metrics) == {"train_loss", "train_accuracy", "lr"}
 
 
+def test_loss_factor_scales_the_gradient() -> None:
+    """A constant factor of 0 on the loss leaves the weights as they were (plain SGD, no
+    weight decay), a factor of 1 trains: the factor multiplies what is back-propagated."""
+    moved = []
+    for factor in (0.0, 1.0):
+        net, loader, train = _tiny([mx.cpu()])
+        weights = weight_trainer(net.collect_params(), train, [mx.cpu()], ClassificationTask())
+        before = net.weight.data().asnumpy().copy()
+        metrics = weights.train_epoch(net, loader, _Progress(), prefix="arch",
+                                      loss_factor=lambda x, b, n: nd.array([factor],
+                                                                           ctx=x.context))
+        moved.append(not np.allclose(net.weight.data().asnumpy(), before))
+        assert {"arch_loss", "arch_accuracy", "lr"} == set(metrics)
+    assert moved == [False, True]
+
+
 def test_two_devices_train_like_one() -> None:
     """Gradients are summed over devices: the same batches on [cpu:0, cpu:1] give the
     weights one device gives (to rounding), and every copy is identical."""
     results = []
     for contexts in ([mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]):
         net, loader, train = _tiny(contexts)
-        weights = WeightTrainer(net.collect_params(), train, contexts, ClassificationTask())
+        weights = weight_trainer(net.collect_params(), train, contexts, ClassificationTask())
         metrics = weights.train_epoch(net, loader, _Progress())
         copies = [net.weight.data(ctx).asnumpy() for ctx in contexts]
         assert all(np.array_equal(copies[0], c) for c in copies)

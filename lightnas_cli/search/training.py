@@ -4,9 +4,10 @@
   built so its states can be checkpointed without pickle (`lightnas_cli.checkpoint`);
 - `LearningRateSchedule`: per-step rates (constant, cosine, optional linear warm-up);
 - `Task`: the loss, and whether accuracy means anything (classification or reconstruction);
-- `WeightTrainer`: the data-parallel forward/backward/update over `train.contexts` and the
-  epoch loop around it, with hooks for what a method does between steps (select a path,
-  update a controller, add a regularizer, step architecture parameters);
+- `EpochTrainer` (`weight_trainer` for the network weights): the data-parallel
+  forward/backward/update over `train.contexts` and the epoch loop around it, with hooks for
+  what a method does between steps (select a path, update a controller, add a regularizer or
+  scale the loss, step architecture parameters);
 - `evaluate` / `evaluate_batch`: a network's loss and accuracy on a split or one batch;
 - `MetricTotals`: running sums of loss, correct predictions and samples.
 
@@ -226,41 +227,44 @@ class BatchResult:
 ExtraLoss = Callable[[nd.NDArray, int, int], nd.NDArray]
 
 
-class WeightTrainer:
-    """The network weights' optimizer, learning-rate schedule and step counter, and the
-    data-parallel training epoch every method runs.
+#: steps per epoch -> the learning-rate schedule of the whole run (asked once per epoch, so a
+#: resume with more epochs stretches it as the uninterrupted longer run would have).
+ScheduleFactory = Callable[[int], LearningRateSchedule]
+
+
+class EpochTrainer:
+    """One set of parameters, its Trainer, learning-rate schedule and step counter, and the
+    data-parallel training epoch every method runs: the network weights on the training split
+    (`weight_trainer`), or architecture parameters on the validation split (FBNet's θ, say).
 
     Gradients are summed over devices by the Trainer; `trainer.step(batch)` divides by the
     batch size, so losses are per-sample sums. Hooks let a method act around each step without
     its own copy of the loop:
       - `before_step(index)`: e.g. pick the supernet path to train (ENAS);
-      - `extra_loss(x, batch, shards)`: e.g. λ·regularizer (PIT), added per device;
+      - `loss_factor(x, batch, shards)`: multiplies the shard's summed task loss, e.g. FBNet's
+        α·log(LAT)^β;
+      - `extra_loss(x, batch, shards)`: added to it, e.g. λ·regularizer (PIT);
       - `also_step`: further trainers stepped with the same batch (architecture parameters);
       - `after_step(result)`: e.g. a controller update every k steps (ENAS).
     """
 
-    def __init__(self, params: Any, train_cfg: Any, contexts: Sequence[mx.Context],
-                 task: Task):
-        self.train_cfg = train_cfg
+    def __init__(self, trainer: gluon.Trainer, contexts: Sequence[mx.Context], task: Task,
+                 schedule: ScheduleFactory):
+        self.trainer = trainer
         self.contexts = list(contexts)
         self.task = task
-        self.trainer = weight_trainer_from_config(params, train_cfg, contexts)
+        self.schedule = schedule
         self.global_step = 0
-        self._schedule: LearningRateSchedule | None = None
-
-    def schedule(self, steps_per_epoch: int) -> LearningRateSchedule:
-        if self._schedule is None or self._schedule.total_steps != steps_per_epoch * int(
-                self.train_cfg.epochs):
-            self._schedule = schedule_from_config(self.train_cfg, steps_per_epoch)
-        return self._schedule
 
     def train_epoch(self, net: Callable, loader: Any, progress: Any, *,
                     before_step: Callable[[int], None] | None = None,
+                    loss_factor: ExtraLoss | None = None,
                     extra_loss: ExtraLoss | None = None,
                     also_step: Sequence[gluon.Trainer] = (),
                     after_step: Callable[[BatchResult], None] | None = None,
-                    ignore_stale_grad: bool = False) -> dict:
-        """One pass over `loader`; returns train_loss, train_accuracy (if any) and lr."""
+                    ignore_stale_grad: bool = False, prefix: str = "train") -> dict:
+        """One pass over `loader`; returns {prefix}_loss, {prefix}_accuracy (if any) and lr
+        (the rate after the epoch's last step)."""
         schedule = self.schedule(len(loader))
         totals = MetricTotals(self.task)
         for index, (data, label) in enumerate(loader):
@@ -273,9 +277,15 @@ class WeightTrainer:
                 outputs = [net(x) for x, _ in shards]
                 losses = [self.task.loss(out, y, x) for out, (x, y) in zip(outputs, shards)]
                 heads = losses
-                if extra_loss is not None:
-                    heads = [loss.sum() + extra_loss(x, batch, len(shards))
-                             for loss, (x, _) in zip(losses, shards)]
+                if loss_factor is not None or extra_loss is not None:
+                    heads = []
+                    for loss, (x, _) in zip(losses, shards):
+                        head = loss.sum()
+                        if loss_factor is not None:
+                            head = head * loss_factor(x, batch, len(shards))
+                        if extra_loss is not None:
+                            head = head + extra_loss(x, batch, len(shards))
+                        heads.append(head)
             autograd.backward(heads)
             # Parameters off the trained path have no fresh gradient; leave them as they are.
             self.trainer.step(batch, ignore_stale_grad=ignore_stale_grad)
@@ -286,7 +296,7 @@ class WeightTrainer:
             if after_step is not None:
                 after_step(BatchResult(index, batch, loss, correct))
             progress.update(batches=1, samples=batch, metrics=totals.shown())
-        metrics = totals.result("train")
+        metrics = totals.result(prefix)
         metrics["lr"] = schedule(self.global_step)
         return metrics
 
@@ -298,3 +308,10 @@ class WeightTrainer:
     def load_state(self, prefix: str, arrays: dict, json_state: dict, global_step: int) -> None:
         load_trainer_state(self.trainer, prefix, arrays, json_state)
         self.global_step = int(global_step)
+
+
+def weight_trainer(params: Any, train_cfg: Any, contexts: Sequence[mx.Context],
+                   task: Task) -> EpochTrainer:
+    """The network weights' EpochTrainer as the `train` config section describes it."""
+    return EpochTrainer(weight_trainer_from_config(params, train_cfg, contexts), contexts, task,
+                        lambda steps: schedule_from_config(train_cfg, steps))

@@ -30,8 +30,8 @@ from lightnas_cli.search.base import Architecture, Decision, SearchMethod
 from lightnas_cli.search.enas.controller import Controller, Reinforce
 from lightnas_cli.search.enas.space import (architecture_to_custom_string, decision_kind,
                                             is_meliusnet, unit_paths)
-from lightnas_cli.search.training import (ClassificationTask, WeightTrainer, evaluate,
-                                          evaluate_batch, structural_params)
+from lightnas_cli.search.training import (ClassificationTask, evaluate, evaluate_batch,
+                                          structural_params, weight_trainer)
 from lightnas_cli.seeding import derive_seed, seed_everything
 
 #: Costs every decision and architecture record lists (the reward's cost is added to them).
@@ -62,7 +62,7 @@ class EnasSearch(SearchMethod):
         if config.train.hybridize:
             hybridize_supernet(self.supernet)
         self.task = ClassificationTask()
-        self.weights = WeightTrainer(self.supernet.collect_params(), config.train, contexts,
+        self.weights = weight_trainer(self.supernet.collect_params(), config.train, contexts,
                                      self.task)
 
         ctrl = config.controller

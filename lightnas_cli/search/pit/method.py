@@ -40,8 +40,8 @@ from lightnas_cli.search.pit.config import regularizer_cost_model
 from lightnas_cli.search.pit.conv import PITConvBase
 from lightnas_cli.search.pit.model import PITModel
 from lightnas_cli.search.pit.regularizers import REPORTED_COSTS
-from lightnas_cli.search.training import (TASKS, WeightTrainer, evaluate, make_trainer,
-                                          structural_params)
+from lightnas_cli.search.training import (TASKS, evaluate, make_trainer, structural_params,
+                                          weight_trainer)
 from lightnas_cli.seeding import seed_everything
 
 #: The Gluon classes `pit.exclude_types` names (the schema lists the allowed names).
@@ -87,7 +87,7 @@ class PitSearch(SearchMethod):
             logger.info("pit: training imperatively (not hybridized): MXNet 1.9.1 cannot "
                         "back-propagate a hybridized batch norm over 1-D (N x C x L) data")
         self._masks_frozen: bool | None = None
-        self.weights = WeightTrainer(self.model.net_parameters(), config.train, contexts,
+        self.weights = weight_trainer(self.model.net_parameters(), config.train, contexts,
                                      self.task)
         nas = self.model.nas_parameters()
         arch_lr = self.pit_cfg.arch_lr if self.pit_cfg.arch_lr is not None else config.train.lr
