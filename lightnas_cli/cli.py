@@ -79,24 +79,42 @@ def resume(run: str = typer.Argument(..., help="Run name (under trainings/) or r
 class ExportKind(str, Enum):
     inference_only = "inference_only"
     trainable = "trainable"
+    packed = "packed"
     both = "both"
+    all = "all"
+
+
+class ExportFormat(str, Enum):
+    mxnet = "mxnet"
+    onnx = "onnx"
 
 
 @app.command()
 @user_errors
 def export(run: str = typer.Argument(..., help="Run name (under trainings/) or run folder."),
            epoch: str = typer.Option("latest", "--epoch", help="Epoch number, latest or best."),
-           kind: ExportKind = typer.Option(ExportKind.both, "--kind", help="What to export."),
+           kind: ExportKind = typer.Option(ExportKind.both, "--kind",
+                                           help="inference_only (binary weights quantized), "
+                                                "trainable (latent weights), packed (binary "
+                                                "weights 1 bit each), both (the first two) or "
+                                                "all."),
+           export_format: ExportFormat = typer.Option(
+               ExportFormat.mxnet, "--format",
+               help="onnx also writes <name>-NNNN.onnx beside the inference_only files, "
+                    "checked with onnx.checker and ONNX's reference evaluator."),
            out: Optional[Path] = typer.Option(None, "--out",
                                               help="Folder (default: the run's exported_models/)."),
            root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
     """Export the derived architecture of a checkpoint as symbol JSON + params."""
     from lightnas_cli import runner
-    kinds = ("inference_only", "trainable") if kind == ExportKind.both else (kind.value,)
-    written = runner.export_run(run, epoch, kinds, out, root)
+    from lightnas_cli.export import DEFAULT_KINDS, KINDS
+    kinds = {ExportKind.both: DEFAULT_KINDS, ExportKind.all: KINDS}.get(kind, (kind.value,))
+    formats = () if export_format == ExportFormat.mxnet else (export_format.value,)
+    written = runner.export_run(run, epoch, kinds, out, root, formats=formats)
     for name, paths in written.items():
-        _out.print(f"{name}: {paths['folder']}  ({paths['symbol'].name}, "
-                   f"{paths['params'].name})", markup=False)
+        files = ", ".join(path.name for key, path in paths.items()
+                          if key not in ("folder", "architecture"))
+        _out.print(f"{name}: {paths['folder']}  ({files})", markup=False)
 
 
 @app.command()

@@ -29,3 +29,8 @@ class CheckpointError(LightNASError):
 
 class ArchitectureError(LightNASError):
     """An architecture record or string is malformed or does not fit the model."""
+
+
+class ExportError(LightNASError):
+    """An export cannot be made or failed its check (a missing optional package, an operator
+    the target format lacks, outputs that disagree with the network)."""

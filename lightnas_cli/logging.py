@@ -190,15 +190,28 @@ class RunLogger:
         image = probability_image(values, cell)
         if self.writer is not None:
             self.writer.add_image(tag, image, global_step=step)
-            self.writer.add_text(f"{tag}/values",
-                                 _matrix_markdown(values, row_labels, option_labels),
-                                 global_step=step)
+            self.text(f"{tag}/values", _matrix_markdown(values, row_labels, option_labels),
+                      step)
         return image
 
+    def image_file(self, tag: str, path: Path, step: int) -> None:
+        """An image file (e.g. the architecture graph's PNG) as a TensorBoard image."""
+        if self.writer is None:
+            return
+        from PIL import Image
+        with Image.open(path) as picture:
+            pixels = np.asarray(picture.convert("RGB"), dtype=np.uint8)
+        self.writer.add_image(tag, np.ascontiguousarray(pixels.transpose(2, 0, 1)),
+                              global_step=step)
+
     def text(self, tag: str, text: str, step: int) -> None:
-        """Free text (e.g. the derived architecture) shown in TensorBoard's text tab."""
+        """Markdown text (the decision table, the config) in TensorBoard's text tab.
+
+        Written as our own summary: mxboard 0.1.0's `add_text` leaves the summary's tag empty
+        (it sets `node_name`), which makes TensorBoard's text plugin fail with HTTP 500 under
+        `--load_fast=false` (ENVIRONMENT.md)."""
         if self.writer is not None:
-            self.writer.add_text(tag, text, global_step=step)
+            self.writer._file_writer.add_summary(_text_summary(tag, text), step)
 
     def flush(self) -> None:
         """Push pending events to disk (e.g. before a checkpoint, so logs match it)."""
@@ -261,6 +274,17 @@ class RunLogger:
             line += f"  ({samples / seconds:,.0f} img/s)"
         self.info(line)
         return line
+
+
+def _text_summary(tag: str, text: str) -> Any:
+    """A TensorBoard text summary (plugin "text", one string tensor) with its tag set."""
+    from mxboard.proto.summary_pb2 import Summary, SummaryMetadata
+    from mxboard.proto.tensor_pb2 import TensorProto
+    from mxboard.proto.tensor_shape_pb2 import TensorShapeProto
+    metadata = SummaryMetadata(plugin_data=[SummaryMetadata.PluginData(plugin_name="text")])
+    tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode("utf-8")],
+                         tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
 
 
 def _matrix_markdown(values: list[list[float]], row_labels: list[str] | None,

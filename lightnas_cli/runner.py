@@ -111,6 +111,7 @@ def _run_loop(run: RunDir, cfg: DictConfig, data, resume: bool, logger_factory) 
         previous_handler = signal.signal(signal.SIGTERM, _raise_terminate)
         try:
             method = create_method(cfg, data, logger)
+            logger.text("run/config", _code_block(config_mod.to_yaml(cfg)), 0)
             history: list[dict] = []
             start = 1
             if resume:
@@ -154,7 +155,11 @@ def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: i
     logger.scalars({_tag(k): v for k, v in record.items() if k not in ("epoch", "seconds")}, epoch)
     logger.scalars({f"cost/{k}": v for k, v in architecture.costs.items()}, epoch)
     _log_probabilities(logger, architecture, epoch)
-    viz.write_architecture(architecture, run.architectures / f"epoch_{epoch}")
+    drawn = viz.write_architecture(architecture, run.architectures / f"epoch_{epoch}")
+    if drawn["png"] is not None:
+        logger.image_file("architecture/graph", drawn["png"], epoch)
+    logger.text("architecture/decisions", _code_block(viz.architecture_table(architecture)),
+                epoch)
     best = _best(history + [record])
     if cfg.export.every_epoch:
         export_architecture(method, architecture, run.exported, export_name(cfg), epoch)
@@ -171,6 +176,11 @@ def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: i
     logger.epoch_summary(epoch, cfg.train.epochs, shown, record["seconds"])
     logger.flush()
     return record
+
+
+def _code_block(text: str) -> str:
+    """Text TensorBoard's markdown renderer shows verbatim (tables, YAML)."""
+    return "```\n" + text.rstrip("\n") + "\n```"
 
 
 def _log_probabilities(logger: RunLogger, architecture, epoch: int) -> None:
@@ -194,6 +204,8 @@ def _finish(run: RunDir, cfg: DictConfig, method, logger: RunLogger, history: li
     architecture = method.derive()
     written = export_architecture(method, architecture, run.exported, export_name(cfg), last)
     test = method.evaluate("test") if getattr(method.data, "test", None) is not None else {}
+    logger.scalars({_tag(k): v for k, v in test.items()}, last)
+    logger.flush()
     # Paths inside the run folder are stored relative to it, so a moved run stays consistent.
     run.update_status(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                       final_architecture=str((run.architectures / f"epoch_{last}.json")
@@ -219,7 +231,7 @@ def restore_method(run: RunDir, logger, epoch: int | None = None):
 
 def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("inference_only",
                "trainable"), out: Path | None = None, root: Path = Path("trainings"),
-               logger_factory=RunLogger) -> dict:
+               logger_factory=RunLogger, formats: Sequence[str] = ()) -> dict:
     """Export a run's derived architecture at a checkpoint (`latest`, `best` or an epoch)."""
     run = RunDir.open(reference, root)
     cfg = config_mod.load_config(run.config_file)
@@ -241,5 +253,6 @@ def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("i
         method, ckpt = restore_method(run, logger, wanted)
         architecture = method.derive()
         return export_architecture(method, architecture, Path(out) if out else run.exported,
-                                   export_name(cfg), ckpt.epoch, tuple(kinds))
+                                   export_name(cfg), ckpt.epoch, tuple(kinds),
+                                   formats=tuple(formats))
 

@@ -81,6 +81,16 @@ def straight_through(F: Any, x: Any, forward: Any, clip: float | None) -> Any:
     return surrogate + F.stop_gradient(forward - surrogate)
 
 
+def sign_of(x: Any) -> Any:
+    """+1 where x >= 0, else -1 (sign(0) = +1), as an expression of stock operators.
+
+    Written as ``(x < 0) * -2 + 1`` rather than ``(x >= 0) * 2 - 1`` (the same values, ±0
+    included) because MXNet 1.9.1's ONNX exporter has no conversion for `_greater_equal_scalar`
+    but has one for `_lesser_scalar` (ENVIRONMENT.md), so binary networks export to ONNX.
+    """
+    return (x < 0) * -2 + 1
+
+
 class DetSign(Quantizer):
     """Deterministic sign with a straight-through estimator and gradient cancelling.
 
@@ -98,8 +108,7 @@ class DetSign(Quantizer):
         self.clip = None if clip is None else float(clip)
 
     def __call__(self, F: Any, x: Any) -> Any:
-        sign = (x >= 0) * 2 - 1
-        return straight_through(F, x, sign, self.clip)
+        return straight_through(F, x, sign_of(x), self.clip)
 
     def config(self) -> dict:
         return {"clip": self.clip}
@@ -129,8 +138,7 @@ class ApproxSign(Quantizer):
         bound = 1.0 if self.clip is None else min(self.clip, 1.0)
         s = F.clip(x, -bound, bound)
         surrogate = 2 * s - s * F.abs(s)
-        sign = (x >= 0) * 2 - 1
-        return surrogate + F.stop_gradient(sign - surrogate)
+        return surrogate + F.stop_gradient(sign_of(x) - surrogate)
 
     def config(self) -> dict:
         return {"clip": self.clip}
