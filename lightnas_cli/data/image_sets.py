@@ -8,7 +8,9 @@ index (`eval_split_percentage`, seeded); test from `test_rec` / `test/`, else ca
 """
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -104,9 +106,12 @@ class Scan:
     labels: np.ndarray
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
+    flagged: set = field(default_factory=set)  # names (`where`) of the samples with a problem
 
-    def add(self, problem: str) -> None:
+    def add(self, problem: str, where: Optional[str] = None) -> None:
         self.problem_count += 1
+        if where is not None:
+            self.flagged.add(where)
         if len(self.problems) < MAX_LISTED:
             self.problems.append(problem)
 
@@ -134,15 +139,15 @@ def scan_records(records: RecordFile) -> Scan:
         where = records.where(position)
         if header.labels != 1:
             scan.add(f"{where} carries {header.labels} labels; LightNAS classifies with one "
-                     f"label per image")
+                     f"label per image", where)
         elif not (math.isfinite(header.label) and header.label == int(header.label)
                   and header.label >= 0):
-            scan.add(f"{where}: label {header.label} is not a class index (0, 1, 2, ...)")
+            scan.add(f"{where}: label {header.label} is not a class index (0, 1, 2, ...)", where)
         else:
             labels[position] = header.label
         if header.image_kind is None:
             scan.add(f"{where} does not hold an image of a known format (JPEG, PNG, BMP, TIFF, "
-                     f"WebP, PPM); the image does not decode")
+                     f"WebP, PPM); the image does not decode", where)
     _SCANS[key] = scan
     return scan
 
@@ -155,11 +160,11 @@ def scan_files(source: FileSource) -> Scan:
             with open(path, "rb") as handle:
                 head = handle.read(16)
         except OSError as exc:
-            scan.add(f"{path}: cannot be read ({exc.strerror})")
+            scan.add(f"{path}: cannot be read ({exc.strerror})", path)
             continue
         if image_kind(head) is None:
             scan.add(f"{path}: not an image of a known format (JPEG, PNG); the image does not "
-                     f"decode")
+                     f"decode", path)
     return scan
 
 
@@ -167,12 +172,29 @@ def label_problems(scan: Scan, classes: int, where) -> None:
     """Add a problem for each label >= classes (`where(i)` names sample i)."""
     for i in np.nonzero(scan.labels >= classes)[0]:
         scan.add(f"{where(int(i))}: label {int(scan.labels[i])} is outside 0..{classes - 1} "
-                 f"(data.classes={classes})")
+                 f"(data.classes={classes})", where(int(i)))
+
+
+def damage(raw: bytes) -> Optional[str]:
+    """Why a complete decode with Pillow fails, or None. MXNet's decoder (OpenCV) returns
+    zeros or stale memory for some truncated PNGs and a grey-filled image for a truncated
+    JPEG instead of failing, so checks decode with Pillow too."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(raw)) as image:
+                image.load()
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
+            text = str(exc).split(" <_io.BytesIO")[0]  # drop the buffer's address
+            return text or type(exc).__name__
+    return None
 
 
 def decode_problems(dataset: ImageDataset, limit: Optional[int] = None) -> tuple[Scan, int]:
-    """Decode samples (all, or the first `limit`) with the validation transform; returns the
-    problems and how many were decoded."""
+    """Decode samples (all, or the first `limit`) with the validation transform, and with
+    Pillow (see `damage`); returns the problems and how many were decoded."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     scan = Scan(np.zeros(0))
     for i in range(count):
@@ -180,6 +202,11 @@ def decode_problems(dataset: ImageDataset, limit: Optional[int] = None) -> tuple
             dataset[(i, -1)]
         except DataError as exc:
             scan.add(str(exc))
+            continue
+        reason = damage(dataset.source.fetch(i)[0])
+        if reason is not None:
+            scan.add(f"{dataset.source.where(i)}: the image is damaged ({reason}); MXNet's decoder "
+                     f"would read it as a blank or garbled image. Replace or remove it")
     return scan, count
 
 

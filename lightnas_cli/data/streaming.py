@@ -14,11 +14,9 @@ the C++ iterator decodes faster per core, but this pipeline
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -244,25 +242,17 @@ class EpochBatchSampler:
             yield [(int(i), int(s)) for i, s in zip(order[part], seeds[part])]
 
 
-_PARENT_OF_WORKERS: Optional[int] = None
+_STARTING_WORKERS = False
 
 
 def _after_fork_in_child() -> None:
-    # Runs in every forked child; only workers forked while a loader starts its pool act.
-    if _PARENT_OF_WORKERS is None:
-        return
-    # The training process turns SIGTERM into KeyboardInterrupt (runner); a worker must simply
-    # end when its pool is terminated.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG: die with the parent
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != _PARENT_OF_WORKERS:  # the parent died before prctl took effect
-        os._exit(0)
+    # Runs in every forked child; only data workers (forked while a loader starts its pool)
+    # act. The training process turns SIGTERM into KeyboardInterrupt (runner.py); a worker
+    # must simply end when its pool is terminated. (Workers also end when the training process
+    # dies, even by SIGKILL: multiprocessing's pool workers read their tasks from a pipe whose
+    # writing end only the parent holds, and stop at its end.)
+    if _STARTING_WORKERS:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -272,7 +262,7 @@ class StreamLoader:
     """Batches `(data, label)` of an `ImageDataset`, with the interface of `ArrayLoader`.
 
     `num_workers` > 0 decodes in that many worker processes (a Gluon DataLoader, started at the
-    first iteration and kept). Workers are killed with the training process, even by SIGKILL.
+    first iteration and kept); they end with the training process, even after a SIGKILL.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, *, shuffle: bool = False,
@@ -306,15 +296,15 @@ class StreamLoader:
         self.sampler.epoch = int(epoch)
 
     def _data_loader(self) -> gluon.data.DataLoader:
-        global _PARENT_OF_WORKERS
+        global _STARTING_WORKERS
         if self._loader is None:
-            _PARENT_OF_WORKERS = os.getpid() if self.num_workers else None
+            _STARTING_WORKERS = True
             try:
                 self._loader = gluon.data.DataLoader(
                     self.dataset, batch_sampler=self.sampler, batchify_fn=self.normalize,
                     num_workers=self.num_workers, timeout=WORKER_TIMEOUT)
             finally:
-                _PARENT_OF_WORKERS = None
+                _STARTING_WORKERS = False
         return self._loader
 
     def __iter__(self) -> Iterator[tuple[mx.nd.NDArray, mx.nd.NDArray]]:
@@ -338,19 +328,29 @@ class StreamLoader:
                 f"num_workers={self.num_workers})")
 
 
-def measure_stats(dataset: ImageDataset, count: int) -> tuple[np.ndarray, np.ndarray]:
+def measure_stats(dataset: ImageDataset, count: int,
+                  skip_errors: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std, pixels in [0, 1], of the first `count` samples as validation
-    would see them (a fixed subset, so every run and resume gets the same numbers)."""
+    would see them (a fixed subset, so every run and resume gets the same numbers).
+    `skip_errors` leaves out samples that fail (for `data check`, which reports them)."""
     n = min(count, len(dataset))
     total = np.zeros(dataset.transform.channels)
     squares = np.zeros(dataset.transform.channels)
     pixels = 0
     for i in range(n):
-        image, _ = dataset[(i, -1)]
+        try:
+            image, _ = dataset[(i, -1)]
+        except DataError:
+            if skip_errors:
+                continue
+            raise
         values = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255.0
         total += values.sum(axis=0)
         squares += np.square(values).sum(axis=0)
         pixels += values.shape[0]
+    if not pixels:
+        raise DataError(f"none of the first {n} training images could be read; run "
+                        f"`lightnas data check -c CONFIG`")
     mean = total / pixels
     std = np.sqrt(np.maximum(squares / pixels - np.square(mean), 0.0))
     std = np.where(std < 1e-6, 1.0, std)
