@@ -79,9 +79,7 @@ def _layout(cfg: Any, ndim: int) -> str:
 
 
 def _channels_first(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
-    if layout in ("W",):
-        return (1, *shape)
-    if layout == "HW":
+    if layout in ("W", "HW"):
         return (1, *shape)
     if layout in ("WC", "HWC"):
         return (shape[-1], *shape[:-1])
