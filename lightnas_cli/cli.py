@@ -25,7 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hardware-aware neural architecture search on MXNet/Gluon.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
-data_app = typer.Typer(no_args_is_help=True, help="Check a config's data; pack images into RecordIO.")
+data_app = typer.Typer(no_args_is_help=True,
+                       help="Check a config's data; pack images into RecordIO.")
 app.add_typer(data_app, name="data")
 
 _err = Console(stderr=True)

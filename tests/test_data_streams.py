@@ -182,7 +182,9 @@ def _corrupt(kind: str, tmp_path: Path):
         rec.write_bytes(rec.read_bytes()[:-100])
         return rec_cfg(rec), "truncated"
     if kind == "bad_image":
-        rec = write_rec(tmp_path / "d", range(40), payloads=[None] * 7 + [b"not an image"] + [None] * 32)
+        payloads = [None] * 40
+        payloads[7] = b"not an image"
+        rec = write_rec(tmp_path / "d", range(40), payloads=payloads)
         return rec_cfg(rec), "record 7"
     if kind == "damaged_image":  # a PNG signature, then garbage: only decoding finds it
         payloads = [None] * 40
@@ -364,3 +366,14 @@ def test_recordio_search_resumes_exactly_after_sigkill(tmp_path: Path) -> None:
     arch = "logs/architectures/epoch_2.json"
     assert json.loads((run / arch).read_text()) == \
         json.loads((tmp_path / "trainings" / "full" / arch).read_text())
+
+
+def test_label_problems_do_not_pile_up_across_loads(tmp_path: Path) -> None:
+    rec = write_rec(tmp_path / "d", range(40))
+    messages = []
+    for _ in range(2):  # the header scan is cached per file; its problems must not accumulate
+        with pytest.raises(DataError) as info:
+            load(rec_cfg(rec, classes=9), seed=0, batch_size=8)
+        messages.append(str(info.value))
+    nines = int((DIGITS.target[:40] == 9).sum())
+    assert messages[0] == messages[1] and f"({nines - 1} more problem(s)" in messages[0]

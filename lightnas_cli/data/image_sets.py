@@ -53,12 +53,12 @@ class StreamOptions:
         return (t.channels, t.size, t.size)
 
 
-def _positive(cfg: Any, key: str, required_for: Optional[str] = None) -> Optional[int]:
+def _positive(cfg: Any, key: str, required_for: Optional[str] = None,
+              meaning: str = "") -> Optional[int]:
     value = option(cfg, key)
     if value is None:
         if required_for:
-            raise ConfigError(f"data.{key} is required for data.name={required_for}: "
-                              f"{'the side of the square images the network sees, e.g. 224' if key == 'image_size' else 'set it'}")
+            raise ConfigError(f"data.{key} is required for data.name={required_for}: {meaning}")
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
@@ -80,7 +80,8 @@ def _range(cfg: Any, key: str, default: tuple[float, float], upper: float) -> tu
 def stream_options(cfg: Any) -> StreamOptions:
     """Transforms and checks of a streamed set from its data config (ConfigError if invalid)."""
     name = option(cfg, "name")
-    size = _positive(cfg, "image_size", required_for=name)
+    size = _positive(cfg, "image_size", required_for=name,
+                     meaning="the side of the square images the network sees, e.g. 224")
     channels = option(cfg, "channels", 3)
     if channels not in (1, 3):
         raise ConfigError(f"data.channels must be 3 (RGB) or 1 (grey), got {channels!r}")
@@ -108,6 +109,10 @@ class Scan:
     problem_count: int = 0
     flagged: set = field(default_factory=set)  # names (`where`) of the samples with a problem
 
+    def copy(self) -> "Scan":
+        """An independent copy (callers add label problems that depend on their config)."""
+        return Scan(self.labels, list(self.problems), self.problem_count, set(self.flagged))
+
     def add(self, problem: str, where: Optional[str] = None) -> None:
         self.problem_count += 1
         if where is not None:
@@ -125,7 +130,7 @@ def scan_records(records: RecordFile) -> Scan:
     stat = records.path.stat()
     key = (str(records.path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _SCANS:
-        return _SCANS[key]
+        return _SCANS[key].copy()
     labels = np.full(len(records), np.nan)
     scan = Scan(labels)
     for position in range(len(records)):
@@ -149,7 +154,7 @@ def scan_records(records: RecordFile) -> Scan:
             scan.add(f"{where} does not hold an image of a known format (JPEG, PNG, BMP, TIFF, "
                      f"WebP, PPM); the image does not decode", where)
     _SCANS[key] = scan
-    return scan
+    return scan.copy()
 
 
 def scan_files(source: FileSource) -> Scan:

@@ -206,7 +206,7 @@ class Normalize:
         data, label = self.stack(items)
         if not self.shared:
             return data, label
-        ctx = mx.Context("cpu_shared", 0)  # handed to the training process without a copy
+        ctx = mx.Context("cpu_shared", 0)  # passed on as a shared-memory handle
         return dense_array(data, ctx=ctx, dtype=np.float32), dense_array(label, ctx=ctx,
                                                                         dtype=np.float32)
 
