@@ -25,6 +25,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hardware-aware neural architecture search on MXNet/Gluon.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(no_args_is_help=True,
+                       help="Check a config's data; pack images into RecordIO.")
+app.add_typer(data_app, name="data")
 
 _err = Console(stderr=True)
 _out = Console(soft_wrap=True)
@@ -151,6 +154,54 @@ def config_show(config: Path = typer.Option(..., "-c", "--config", help="YAML co
     """Print the resolved config (file + schema defaults + overrides)."""
     from lightnas_cli.config import load_config, to_yaml
     _out.print(to_yaml(load_config(str(config), overrides or [])), markup=False, end="")
+
+
+@data_app.command("check")
+@user_errors
+def data_check(config: Path = typer.Option(..., "-c", "--config", help="YAML config file."),
+               overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
+               max_decode: int = typer.Option(1000, "--max-decode",
+                                              help="Images decoded per split (0 = all)."),
+               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Read the configured data without starting a run: counts per split and class, shape,
+    value range, decoding speed, and the first problems found (exit 2 if any)."""
+    import json
+
+    from lightnas_cli.config import load_config
+    from lightnas_cli.data.check import check_data
+    from lightnas_cli.errors import DataError
+    if max_decode < 0:
+        raise DataError("--max-decode must be >= 0 (0 decodes every image)")
+    report = check_data(load_config(str(config), overrides or []), max_decode or None)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for line in report.lines():
+            _out.print(line, markup=False, highlight=False)
+    if report.problem_count:
+        raise DataError(report.summary())
+
+
+@data_app.command("pack")
+@user_errors
+def data_pack(folder: Path = typer.Argument(..., help="root/<class>/*.jpg|png, or root/train|val|"
+                                                      "test/<class>/..."),
+              out: Path = typer.Argument(..., help="Output prefix: OUT.rec/.idx/.lst "
+                                                   "(OUT_train.rec, ... for train/val/test)."),
+              resize: Optional[int] = typer.Option(None, "--resize",
+                                                   help="Scale the shorter side to this and "
+                                                        "re-encode as JPEG (default: keep the "
+                                                        "files' bytes)."),
+              quality: int = typer.Option(95, "--quality", help="JPEG quality with --resize."),
+              force: bool = typer.Option(False, "--force", help="Replace existing outputs.")) -> None:
+    """Pack an image folder into RecordIO files for data.name=recordio."""
+    from lightnas_cli.data.pack import pack_folder
+    result = pack_folder(folder, out, resize=resize, quality=quality, force=force)
+    for split in result.splits:
+        _out.print(f"{split.split}: {split.images:,} images, {split.bytes:,} bytes -> {split.rec} "
+                   f"(+ {split.idx.name}, {split.lst.name})", markup=False, highlight=False)
+    _out.print(f"classes (label = position): {', '.join(result.classes)}", markup=False,
+               highlight=False)
 
 
 @app.command("summary")

@@ -55,20 +55,68 @@ class MockDataConfig:
 
 @dataclass
 class DataConfig:
-    # Data set: mock | digits | cifar10 | cifar100 | mnist1d (checked by the data registry).
+    # Data set: mock | digits | cifar10 | cifar100 | mnist1d (in memory) | arrays (a .npz file,
+    # in memory) | recordio (.rec + .idx files, streamed) | image_folder (root/<class>/*.jpg|png,
+    # streamed). See the README's "Data" section.
     name: str = "mock"
-    # Folder with the data files (cifar10/cifar100: the standard *binary* release files).
+    # Folder with the data files (cifar10/cifar100: the standard *binary* release files;
+    # image_folder: the root holding <class>/ folders, or train/ [val/] [test/] with <class>/
+    # folders inside).
     dir: Optional[str] = None
+    # recordio: the training .rec file; its index must sit beside it with the same stem (.idx),
+    # as MXNet's im2rec and `lightnas data pack` write them.
+    train_rec: Optional[str] = None
+    # recordio: validation .rec; null carves eval_split_percentage% out of train_rec by index.
+    val_rec: Optional[str] = None
+    # recordio: test .rec; null = no test split (validation stands in where one is needed).
+    test_rec: Optional[str] = None
+    # arrays: .npz file with x_train, y_train, x_test, y_test (read without pickle).
+    file: Optional[str] = None
+    # arrays: how one stored sample is laid out: auto (1-D -> W, 2-D -> CW, 3-D -> CHW) | W |
+    # CW | WC | HW | CHW | HWC (C channels, H/W height/width or length). Converted to CW / CHW.
+    array_layout: str = setting("auto", choices=("auto", "W", "CW", "WC", "HW", "CHW", "HWC"))
+    # Number of classes; null takes it from the data (folder names, or the largest label + 1).
+    classes: Optional[int] = setting(None, ge=1)
     # Percentage of the training set held out as the validation split (controller rewards,
     # validation metrics). 0 uses the test split for validation.
     eval_split_percentage: float = setting(20.0, ge=0, lt=100)
+    # image_folder without train/val/test folders: percentage held out as the test split
+    # (the same files whatever the seed). 0 = no test split.
+    test_split_percentage: float = setting(0.0, ge=0, lt=100)
     # Resize images to this side length (digits: 8 -> e.g. 32). null keeps the native size.
+    # recordio / image_folder: required, the side of the square crops the network sees.
     image_size: Optional[int] = setting(None, ge=1)
-    # Random crop (4-pixel zero padding) and horizontal flip on training batches.
+    # recordio / image_folder: decode as 3 (RGB) or 1 (grey) channels.
+    channels: int = setting(3, choices=(1, 3))
+    # recordio / image_folder: shorter side the image is scaled to before a center crop of
+    # image_size (validation, test, and training without augment) or a random crop
+    # (train_crop=random). null = image_size. ImageNet habit: 256 for 224.
+    resize: Optional[int] = setting(None, ge=1)
+    # Random crop (4-pixel zero padding) and horizontal flip on training batches
+    # (recordio / image_folder: the crop chosen by train_crop, and the flip).
     augment: bool = False
+    # recordio / image_folder training crop when augment is true: random_resized (a random
+    # area and aspect ratio, scaled to image_size) | random (scale the shorter side to resize,
+    # crop image_size at a random place) | center.
+    train_crop: str = setting("random_resized", choices=("random_resized", "random", "center"))
+    # random_resized: fraction of the image area a crop covers, [min, max].
+    crop_area: List[float] = setting(factory=lambda: [0.08, 1.0], gt=0, le=1)
+    # random_resized: aspect ratio (width / height) range of a crop, [min, max].
+    crop_ratio: List[float] = setting(factory=lambda: [0.75, 1.3333333], gt=0)
     # Horizontal flip is part of augmentation unless this is false (digits should not flip).
     flip: bool = True
-    # Background threads that prepare batches ahead (0 = prepare in the training thread).
+    # Per-channel mean and standard deviation used to normalise inputs, in the data's units
+    # (images: pixels scaled to [0, 1]; e.g. ImageNet [0.485, 0.456, 0.406] / [0.229, 0.224,
+    # 0.225]). null = measured on the training split (streamed sets: its first 512 images).
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = setting(None, gt=0)
+    # recordio / image_folder, checked before a run starts: headers (every record's or file's
+    # header: complete records, labels in range, a known image format) | decode (also decode
+    # every image; slow on large sets) | none (only the index and the first batch).
+    verify: str = setting("headers", choices=("headers", "decode", "none"))
+    # Workers that prepare batches ahead (0 = in the training process). In-memory sets use
+    # threads; recordio / image_folder use processes (decoding runs in parallel). Batches are
+    # identical for any value.
     num_workers: int = setting(0, ge=0)
     # Use only the first N training samples (after the validation split); null = all.
     limit_train: Optional[int] = setting(None, ge=1)

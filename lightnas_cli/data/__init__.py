@@ -1,6 +1,6 @@
 """Data sets for LightNAS: a registry of named data sets and reproducible in-memory loaders.
 
-    spec = describe(cfg.data)                      # shapes and classes, no file read
+    spec = describe(cfg.data)                      # shapes and classes, no image decoded
     data = load(cfg.data, cfg.seed, cfg.train.batch_size)
     for epoch in range(epochs):
         data.train.set_epoch(cfg.seed, epoch)      # exact shuffle/augmentation for resume
@@ -24,6 +24,8 @@ from lightnas_cli.data.transforms import channel_stats, random_crop_flip, resize
 # Registers the built-in data sets (mock, digits, cifar10, cifar100).
 from lightnas_cli.data import datasets as _datasets  # noqa: F401,E402
 from lightnas_cli.data import mnist1d as _mnist1d  # noqa: F401,E402  (registers "mnist1d")
+from lightnas_cli.data import arrays as _arrays  # noqa: F401,E402  (registers "arrays")
+from lightnas_cli.data import image_sets as _image_sets  # noqa: F401,E402  (recordio, image_folder)
 
 __all__ = [
     "ArrayLoader",

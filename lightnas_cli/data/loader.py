@@ -26,6 +26,21 @@ TAG_SPLIT = "split"
 TAG_MOCK = "mock"
 
 
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Sample indices of one epoch, a pure function of (seed, epoch): every loader (in memory
+    or streamed) visits its samples in this order, so a resumed run sees the same batches."""
+    if not shuffle:
+        return np.arange(num_samples)
+    return np.random.RandomState(derive_seed(seed, TAG_SHUFFLE, epoch)).permutation(num_samples)
+
+
+def batch_count(num_samples: int, batch_size: int, last_batch: str) -> int:
+    """Batches one pass yields: a partial last batch is kept or discarded."""
+    if last_batch == "discard":
+        return num_samples // batch_size
+    return -(-num_samples // batch_size)
+
+
 class ArrayLoader:
     """Batches of an in-memory float32 array as `(data, label)` `mx.nd.NDArray` pairs on cpu.
 
@@ -75,9 +90,7 @@ class ArrayLoader:
 
     def __len__(self) -> int:
         """Number of batches one iteration yields."""
-        if self.last_batch == "discard":
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+        return batch_count(self.num_samples, self.batch_size, self.last_batch)
 
     def set_epoch(self, seed: int, epoch: int) -> None:
         """Select the shuffle order and augmentation of `epoch` (a pure function of both)."""
@@ -86,10 +99,7 @@ class ArrayLoader:
 
     def order(self) -> np.ndarray:
         """Sample indices of the current epoch, in the order batches take them."""
-        if not self.shuffle:
-            return np.arange(self.num_samples)
-        rng = np.random.RandomState(derive_seed(self.seed, TAG_SHUFFLE, self.epoch))
-        return rng.permutation(self.num_samples)
+        return epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
 
     def batch_numpy(self, order: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch `index` of `order` as numpy arrays, augmented as in the current epoch."""

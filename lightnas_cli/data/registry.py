@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
 from lightnas_cli.data.loader import TAG_SPLIT, ArrayLoader, derive_seed
 from lightnas_cli.data.transforms import channel_stats, normalize_
-from lightnas_cli.errors import DataError
+from lightnas_cli.errors import ConfigError, DataError
 
 LAYOUTS = {3: "NCHW", 2: "NCW"}
 
@@ -48,24 +48,45 @@ class RawSplits:
     y_test: np.ndarray
 
 
+class Loader(Protocol):
+    """What search methods use of a loader (ArrayLoader in memory, StreamLoader streamed)."""
+
+    batch_size: int
+
+    @property
+    def num_samples(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, seed: int, epoch: int) -> None: ...
+
+    def __iter__(self) -> Iterator: ...
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """A registered data set: how to describe it from the config and how to read it."""
+    """A registered data set: how to describe it from the config and how to read it.
+
+    In-memory sets give `read` (raw arrays; `load` does the rest). Streamed sets give `build`
+    instead, which makes the loaders itself from `(data config, seed, batch size)`.
+    """
 
     name: str
     describe: Callable[[Any], DataSpec]
-    read: Callable[[Any, int], RawSplits]
+    read: Optional[Callable[[Any, int], RawSplits]]
     summary: str
+    build: Optional[Callable[[Any, int, int], "DataBundle"]] = None
 
 
 @dataclass
 class DataBundle:
-    """Loaders of one data set. `val` is the `test` loader itself when no split is held out."""
+    """Loaders of one data set. `val` is the `test` loader itself when no split is held out;
+    `test` is None for a streamed set without a test split."""
 
     spec: DataSpec
-    train: ArrayLoader
-    val: ArrayLoader
-    test: ArrayLoader
+    train: Loader
+    val: Loader
+    test: Optional[Loader]
     mean: np.ndarray
     std: np.ndarray
 
@@ -111,15 +132,27 @@ def describe(data_cfg: Any) -> DataSpec:
     return _dataset(data_cfg).describe(data_cfg)
 
 
-def split_indices(n: int, percentage: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices, each sorted: `percentage`% of n held out by a seeded permutation.
+def choice(cfg: Any, key: str, allowed: Sequence[str], default: str) -> str:
+    """`data.<key>` checked against its allowed values (ConfigError naming them)."""
+    value = option(cfg, key, default)
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"'data.{key}' is {value!r}; allowed: {', '.join(allowed)}.{hint}")
+    return str(value)
+
+
+def split_indices(n: int, percentage: float, seed: int, tag: str = TAG_SPLIT,
+                  key: str = "data.eval_split_percentage") -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) indices, each sorted: `percentage`% of n held out by a permutation
+    seeded from (seed, tag).
 
     Sorted so `limit_train` keeps a stable, seed-independent-in-order subset of the original
     sequence. At least one sample stays on each side whenever a split is asked for.
     """
     if not 0.0 <= percentage < 100.0:
         raise DataError(
-            f"data.eval_split_percentage must be in [0, 100), got {percentage}; "
+            f"{key} must be in [0, 100), got {percentage}; "
             f"use e.g. 20 to hold out 20% of the training set, or 0 to validate on the test split."
         )
     if percentage == 0.0:
@@ -131,7 +164,7 @@ def split_indices(n: int, percentage: float, seed: int) -> tuple[np.ndarray, np.
             f"The training set has {n} sample(s): too few to hold out a validation split. "
             f"Set data.eval_split_percentage=0 to validate on the test split."
         )
-    perm = np.random.RandomState(derive_seed(seed, TAG_SPLIT)).permutation(n)
+    perm = np.random.RandomState(derive_seed(seed, tag)).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
@@ -143,22 +176,65 @@ def _positive_int(value: Any, key: str, allow_none: bool = True) -> Optional[int
     return int(value)
 
 
-def load(data_cfg: Any, seed: int, batch_size: int) -> DataBundle:
-    """Read the configured data set and build its train / val / test loaders.
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The data keys every data set shares, checked once."""
 
-    The validation split is `eval_split_percentage`% of the training set (seeded by `seed`);
-    `limit_train` then keeps the first N remaining training samples. Per-channel mean/std are
-    computed on that final training split and applied to all splits. Only the training loader
-    shuffles and augments; it drops a partial last batch unless the set fits in one batch.
-    """
-    dataset = _dataset(data_cfg)
-    spec = dataset.describe(data_cfg)
+    batch_size: int
+    limit_train: Optional[int]
+    num_workers: int
+    eval_percentage: float
+
+
+def loader_options(data_cfg: Any, batch_size: int) -> LoaderOptions:
+    """Validated batch size, limit_train, num_workers and eval_split_percentage."""
     batch_size = _positive_int(batch_size, "train.batch_size", allow_none=False)
     limit = _positive_int(option(data_cfg, "limit_train"), "data.limit_train")
     workers = option(data_cfg, "num_workers", 0)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
         raise DataError(f"data.num_workers must be an integer >= 0, got {workers!r}.")
     percentage = float(option(data_cfg, "eval_split_percentage", 0.0))
+    return LoaderOptions(batch_size, limit, int(workers), percentage)
+
+
+def configured_stats(data_cfg: Any, channels: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(mean, std) from data.mean / data.std, or None when both are null (then measured)."""
+    mean, std = option(data_cfg, "mean"), option(data_cfg, "std")
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise ConfigError("set both data.mean and data.std (one value per channel), or neither "
+                          "to measure them on the training split")
+    arrays = []
+    for key, values in (("mean", mean), ("std", std)):
+        try:
+            values = np.asarray(list(values), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ConfigError(f"data.{key} must be a list of numbers, got {values!r}") from None
+        if values.shape != (channels,):
+            raise ConfigError(f"data.{key} has {values.size} value(s); the data has {channels} "
+                              f"channel(s): give one value per channel")
+        arrays.append(values)
+    if (arrays[1] <= 0).any():
+        raise ConfigError(f"data.std values must be > 0, got {list(map(float, arrays[1]))}")
+    return arrays[0], arrays[1]
+
+
+def load(data_cfg: Any, seed: int, batch_size: int) -> DataBundle:
+    """Read the configured data set and build its train / val / test loaders.
+
+    In-memory sets: the validation split is `eval_split_percentage`% of the training set
+    (seeded by `seed`); `limit_train` then keeps the first N remaining training samples.
+    Per-channel mean/std (data.mean/std, or computed on that final training split) are applied
+    to all splits. Only the training loader shuffles and augments; it drops a partial last
+    batch unless the set fits in one batch. Streamed sets build their loaders themselves.
+    """
+    dataset = _dataset(data_cfg)
+    if dataset.build is not None:
+        return dataset.build(data_cfg, int(seed), batch_size)
+    spec = dataset.describe(data_cfg)
+    opts = loader_options(data_cfg, batch_size)
+    stats = configured_stats(data_cfg, spec.shape[0])
 
     raw = dataset.read(data_cfg, int(seed))
     for part in ("x_train", "x_test"):
@@ -166,24 +242,24 @@ def load(data_cfg: Any, seed: int, batch_size: int) -> DataBundle:
         if tuple(got) != spec.shape:
             raise AssertionError(f"{dataset.name}: {part} has sample shape {got}, describe() says {spec.shape}")
 
-    train_idx, val_idx = split_indices(len(raw.x_train), percentage, int(seed))
-    if limit is not None:
-        train_idx = train_idx[:limit]
+    train_idx, val_idx = split_indices(len(raw.x_train), opts.eval_percentage, int(seed))
+    if opts.limit_train is not None:
+        train_idx = train_idx[:opts.limit_train]
     # Take the splits out of the raw arrays, then let those go (CIFAR: 600 MB as float32).
     x_train, y_train = raw.x_train[train_idx], raw.y_train[train_idx]
     x_val, y_val = raw.x_train[val_idx], raw.y_train[val_idx]
     x_test, y_test = raw.x_test.astype(np.float32, copy=False), raw.y_test
     del raw
-    mean, std = channel_stats(x_train)
+    mean, std = stats if stats is not None else channel_stats(x_train)
     for part in (x_train, x_val, x_test):
         normalize_(part, mean, std)
 
-    common = dict(batch_size=batch_size, num_workers=int(workers), seed=int(seed))
+    common = dict(batch_size=opts.batch_size, num_workers=opts.num_workers, seed=int(seed))
     train = ArrayLoader(
         x_train,
         y_train,
         shuffle=True,
-        last_batch="discard" if len(x_train) > batch_size else "keep",
+        last_batch="discard" if len(x_train) > opts.batch_size else "keep",
         augment=bool(option(data_cfg, "augment", False)),
         flip=bool(option(data_cfg, "flip", True)),
         **common,
