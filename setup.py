@@ -31,7 +31,11 @@ setup(
         "mnist1d==0.0.2.post1",  # MNIST-1D generated locally with make_dataset() (PIT's TCN)
     ],
     extras_require={
-        "test": ["pytest==9.2.0"],
+        # The tests check ONNX exports with onnx's reference evaluator and the event files
+        # with TensorBoard's own reader and server, so both are part of the test set.
+        "test": ["pytest==9.2.0", "onnx==1.14.1", "tensorboard==2.20.0"],
+        # onnx 1.14.1 installs beside numpy 1.23.5 (onnxruntime does not: ENVIRONMENT.md).
+        "onnx": ["onnx==1.14.1"],
         # tensorboard 2.21 forces protobuf>=6, which breaks mxboard; 2.20.0 reads its logs.
         "tensorboard": ["tensorboard==2.20.0"],
     },
