@@ -203,3 +203,19 @@ def test_tensorboard_serves_every_plugin_without_errors(runs: Path, tmp_path: Pa
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_a_failed_onnx_check_writes_nothing(runs: Path, tmp_path: Path, monkeypatch) -> None:
+    from lightnas_cli import export as export_mod, runner
+    from lightnas_cli.errors import ExportError
+    from lightnas_cli.logging import RunLogger
+    from lightnas_cli.runs import RunDir
+    monkeypatch.setattr(export_mod, "ONNX_TOLERANCE", -1.0)  # every comparison now fails
+    with RunLogger(tmp_path / "logs", tensorboard=False) as logger:
+        method, ckpt = runner.restore_method(RunDir(runs / "trainings" / "enas_resnet_e"),
+                                             logger)
+        with pytest.raises(ExportError, match="not trustworthy"):
+            export_mod.export_architecture(method, method.derive(), tmp_path / "out", "net",
+                                           ckpt.epoch, formats=("onnx",))
+    epoch = tmp_path / "out" / f"epoch-{ckpt.epoch:04d}"
+    assert not epoch.exists() or not any(epoch.iterdir())
