@@ -69,14 +69,44 @@ def search(config: Path = typer.Option(..., "-c", "--config", help="YAML config 
 
 @app.command()
 @user_errors
-def resume(run: str = typer.Argument(..., help="Run name (under trainings/) or run folder."),
+def sweep(config: Path = typer.Option(..., "-c", "--config",
+                                      help="Search config with a `sweep:` section."),
+          overrides: Optional[List[str]] = typer.Argument(
+              None, help="Dotlist overrides of the search config, e.g. train.epochs=3")) -> None:
+    """Run a sweep: trials of a search over the `sweep:` section's space."""
+    from lightnas_cli import sweep as sweep_mod
+    folder = sweep_mod.start_sweep(str(config), overrides or [])
+    _out.print(f"finished: {folder}  (lightnas report {folder})", markup=False)
+
+
+@app.command()
+@user_errors
+def resume(run: str = typer.Argument(..., help="Run or sweep name (under trainings/) or folder."),
            epochs: Optional[int] = typer.Option(None, "--epochs",
                                                 help="New total number of epochs."),
            root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
-    """Continue a run from its last complete checkpoint."""
-    from lightnas_cli import runner
+    """Continue a run from its last complete checkpoint, or a sweep from its trials."""
+    from lightnas_cli import runner, sweep as sweep_mod
+    folder = sweep_mod.find_sweep(run, root)
+    if folder is not None:
+        if epochs is not None:
+            raise LightNASError("--epochs applies to a run, not to a sweep; resume a trial "
+                                "(trainings/<sweep>/trial_<k>) to change its epochs")
+        _out.print(f"finished: {sweep_mod.resume_sweep(folder)}", markup=False)
+        return
     result = runner.resume_search(run, epochs, root)
     _out.print(f"finished: {result.path}", markup=False)
+
+
+@app.command()
+@user_errors
+def report(run: str = typer.Argument(..., help="Run or sweep name (under trainings/) or folder."),
+           out: Optional[Path] = typer.Option(None, "--out",
+                                              help="Folder (default: <run or sweep>/report/)."),
+           root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
+    """PNG plots and one self-contained HTML page: a sweep's Pareto fronts, or a run's curves."""
+    from lightnas_cli import report as report_mod
+    _out.print(f"report: {report_mod.report(run, out, root)}", markup=False)
 
 
 class ExportKind(str, Enum):
@@ -125,8 +155,10 @@ def export(run: str = typer.Argument(..., help="Run name (under trainings/) or r
 def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
     """List runs: name, method, model, data set, status, epochs, best accuracy, cost."""
     from lightnas_cli.runs import list_runs
+    from lightnas_cli.sweep import list_sweeps, sweep_row
     found = list_runs(root)
-    if not found:
+    sweeps = list_sweeps(root)
+    if not found and not sweeps:
         _out.print(f"no runs under {root}", markup=False)
         return
     table = Table(box=None, pad_edge=False)
@@ -142,6 +174,8 @@ def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of 
                       f"{status.get('epoch', 0)}/{status.get('epochs', '?')}",
                       "-" if accuracy is None else f"{accuracy:.4f}",
                       "-" if cost is None else f"{cost:.4g} {status.get('cost_name', '')}")
+    for folder in sweeps:
+        table.add_row(*sweep_row(folder))
     # Full rows when piped (no terminal width to fit): scripts and logs read every column.
     console = _out if _out.is_terminal else Console(width=250)
     console.print(table)

@@ -44,8 +44,13 @@ def create_method(cfg: DictConfig, data, logger):
 
 
 def start_search(config_path: str | None, overrides: Sequence[str] = (),
-                 logger_factory=RunLogger) -> RunDir:
-    """Validate everything, create the run folder, and search. Nothing is created on bad input."""
+                 logger_factory=RunLogger, autosave: bool = True,
+                 status: dict | None = None) -> RunDir:
+    """Validate everything, create the run folder, and search. Nothing is created on bad input.
+
+    `autosave` keeps a copy of an overridden config in configs/autosaved/ (a sweep's trials
+    record theirs in their own folder instead); `status` adds fields to run.json (a trial's
+    sweep, number and overrides)."""
     cfg = config_mod.load_config(config_path, overrides)
     name = run_name(cfg)
     root = Path(cfg.run.root)
@@ -58,11 +63,12 @@ def start_search(config_path: str | None, overrides: Sequence[str] = (),
     run = RunDir.create(root, name)
     cfg.run.name = name
     config_mod.save_config(cfg, run.config_file)
-    if overrides:
+    if overrides and autosave:
         config_mod.save_config(cfg, Path("configs") / "autosaved" / f"{name}.yml")
     run.update_status(status="running", pid=os.getpid(), method=cfg.method, model=cfg.model.name,
                       dataset=cfg.data.name, epochs=int(cfg.train.epochs), epoch=0,
-                      versions=versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                      versions=versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      **(status or {}))
     _run_loop(run, cfg, data, resume=False, logger_factory=logger_factory)
     return run
 

@@ -32,13 +32,18 @@ else
   echo "[setup] .venv is up to date"
 fi
 
-if ! command -v dot >/dev/null 2>&1; then
+# Debian packages: graphviz draws the architecture graphs (PNG), chromium checks report pages
+# in a real browser (tests/test_sweep.py, shell_scripts/check_report.sh).
+missing=""
+command -v dot >/dev/null 2>&1 || missing="$missing graphviz"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "[setup] installing graphviz (for PNG architecture graphs)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
-      || echo "[setup] warning: could not install graphviz; architecture graphs will be .dot files only" >&2
+    echo "[setup] installing$missing (Debian packages; about a minute for chromium)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+      || echo "[setup] warning: could not install$missing; without graphviz architecture graphs are .dot files only, without chromium the report's browser check is skipped" >&2
   else
-    echo "[setup] warning: graphviz's 'dot' is not installed and apt-get is not usable here; architecture graphs will be .dot files only (install graphviz for PNGs)" >&2
+    echo "[setup] warning:$missing not installed and apt-get is not usable here; without graphviz architecture graphs are .dot files only, without chromium the report's browser check is skipped" >&2
   fi
 fi
 echo "[setup] ready: $ROOT/.venv/bin/lightnas"

@@ -76,10 +76,22 @@ def _friendly(exc: OmegaConfBaseException, schema_cfg: DictConfig, source: str) 
     return ConfigError(f"{source}: {str(exc).splitlines()[0]}")
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
-    """The resolved, validated config of a file plus dotlist overrides (`train.epochs=3`)."""
+def read_config_file(path: Path) -> dict:
+    """A config file's top-level mapping, read safely (what `load_config` merges)."""
+    return _read_yaml(Path(path))
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
+                data: dict | None = None) -> DictConfig:
+    """The resolved, validated config of a file plus dotlist overrides (`train.epochs=3`).
+
+    `data` stands in for the file's content when the caller has read it already (a sweep
+    takes its own section out first); `path` then only names the source in messages."""
     source = str(path) if path else "config"
-    file_data = _read_yaml(Path(path)) if path else {}
+    file_data = data if data is not None else (_read_yaml(Path(path)) if path else {})
+    if "sweep" in file_data:
+        raise ConfigError(f"{source} has a `sweep:` section: run it with `lightnas sweep -c "
+                          f"{source}`, or remove the section to run one search")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value "

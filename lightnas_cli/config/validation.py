@@ -58,12 +58,13 @@ def _walk(node: DictConfig, schema: type, prefix: str) -> None:
         check(node)
 
 
-def validate(cfg: DictConfig, source: str) -> None:
-    """Raise ConfigError (prefixed with `source`) at the first value the schema refuses."""
+def validate(cfg: DictConfig, source: str, prefix: str = "") -> None:
+    """Raise ConfigError (prefixed with `source`) at the first value the schema refuses;
+    `prefix` names where `cfg` sits in a larger file (e.g. "sweep.")."""
     schema = OmegaConf.get_type(cfg)
     if schema is None or not dataclasses.is_dataclass(schema):
         raise TypeError("validate() needs a config built from a structured schema")
     try:
-        _walk(cfg, schema, "")
+        _walk(cfg, schema, prefix)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
