@@ -59,6 +59,7 @@ decision per block (8 for ResNet-18, 16 for ResNet-50).
 """
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from mxnet import gluon
@@ -130,13 +131,13 @@ class _ResidualBlock(gluon.HybridBlock):
         self.needs_shortcut_conv = self.stride != 1 or self.in_channels != self.channels
         self._build()
 
+    @abc.abstractmethod
     def _build(self) -> None:
         """Create the layers (the V1/V2 wiring classes define it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _make_body(self) -> None:
         """Create the body convolutions (the basic/bottleneck classes define it)."""
-        raise NotImplementedError
 
     @property
     def is_binary(self) -> bool:

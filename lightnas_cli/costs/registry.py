@@ -10,6 +10,7 @@ and `description`, implement `layer`, and decorate the class with `@register_cos
 """
 from __future__ import annotations
 
+import abc
 import difflib
 from typing import Any, Iterable
 
@@ -17,7 +18,7 @@ from lightnas_cli.costs.layer import Layer
 from lightnas_cli.errors import ConfigError
 
 
-class CostModel:
+class CostModel(abc.ABC):
     """Base class: `layer(description)` is one layer's cost, `total(descriptions)` their sum."""
 
     name: str = ""
@@ -29,8 +30,9 @@ class CostModel:
             raise ConfigError(f"cost model {self.name!r} takes no options, got "
                               f"{sorted(options)}")
 
+    @abc.abstractmethod
     def layer(self, layer: Layer) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must implement layer()")
+        """One layer's cost: a number, or an NDArray/Symbol when the description is soft."""
 
     def total(self, layers: Iterable[Layer]) -> Any:
         """Sum of the per-layer costs (0 for no layers); stays soft if any term is."""

@@ -9,6 +9,8 @@ DataError as they would stop a search.
 """
 from __future__ import annotations
 
+import contextlib
+
 import io
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,11 +171,9 @@ def _check_streamed(cfg: Any, max_decode: Optional[int]) -> DataReport:
             if src.where(i) in flagged:  # reported by the scan already
                 continue
             raw, label = src.fetch(i)
-            try:
-                with Image.open(io.BytesIO(raw)) as image:
-                    sizes.append(image.size[::-1])
-            except Exception:  # noqa: BLE001 - PIL raises many kinds; MXNet decides below
-                pass
+            # PIL raises many kinds of errors; whether the image is usable MXNet decides below.
+            with contextlib.suppress(Exception), Image.open(io.BytesIO(raw)) as image:
+                sizes.append(image.size[::-1])
             started = time.perf_counter()
             try:
                 image = dataset.transform(raw, None, src.where(i))

@@ -15,6 +15,8 @@ forked DataLoader workers works there without sharing a file position.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import os
 import struct
@@ -145,10 +147,8 @@ class RecordFile:
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
 
     def _descriptor(self) -> int:
         if self._fd is None or self._pid != os.getpid():

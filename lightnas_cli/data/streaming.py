@@ -14,6 +14,8 @@ the C++ iterator decodes faster per core, but this pipeline
 """
 from __future__ import annotations
 
+import abc
+
 import math
 import os
 import signal
@@ -106,19 +108,20 @@ class ImageTransform:
 # ---------------------------------------------------------------------------------- sources
 
 
-class ImageSource:
+class ImageSource(abc.ABC):
     """Encoded images and their labels, addressed 0..len-1."""
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of samples."""
 
+    @abc.abstractmethod
     def fetch(self, i: int) -> tuple[bytes, float]:
         """(encoded image, label) of sample i."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def where(self, i: int) -> str:
         """Human name of sample i for messages."""
-        raise NotImplementedError
 
 
 class RecordSource(ImageSource):

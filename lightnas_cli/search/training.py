@@ -16,6 +16,7 @@ two methods never hold two copies of a training loop, and no method imports anot
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -108,14 +109,15 @@ def schedule_from_config(train_cfg: Any, steps_per_epoch: int) -> LearningRateSc
                                                        * steps_per_epoch)))
 
 
-class Task:
+class Task(abc.ABC):
     """What is learnt: the per-sample loss, and whether accuracy is reported."""
 
     name = "task"
     has_accuracy = True
 
+    @abc.abstractmethod
     def loss(self, output: nd.NDArray, label: nd.NDArray, data: nd.NDArray) -> nd.NDArray:
-        raise NotImplementedError
+        """Per-sample loss of a batch (shape (batch,))."""
 
 
 class ClassificationTask(Task):
