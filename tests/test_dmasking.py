@@ -24,7 +24,7 @@ ARCH_DEF = [
     {"type": "conv", "name": "c1", "channels": [2, 4], "kernel": [1, 3], "batchnorm": True},
     {"type": "pool", "kernel": 2},
     {"type": "conv", "name": "c2", "channels": [2, 4, 6], "kernel": 3, "stride": 2},
-    {"type": "dense", "name": "d1", "channels": [3, 6]},
+    {"type": "dense", "name": "d1", "channels": [3, 6], "activation": "tanh"},
     {"type": "dropout", "rate": 0.1},
 ]
 TINY = {
@@ -179,6 +179,36 @@ def test_export_is_a_plain_narrower_network_equal_to_the_masked_one(tmp_path: Pa
         loaded = gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"],
                                            prefix + "-0001.params")
     assert np.abs(loaded(x).asnumpy() - plain).max() <= 1e-5
+
+
+def test_a_mask_folded_into_the_weights_equals_masking_the_activations(tmp_path: Path) -> None:
+    """Per-batch masks of relu layers scale filters and biases (or batch-norm scale and shift)
+    instead of activations; the result is the masked activation of the largest layer."""
+    method = make_method(tmp_path)
+    _randomize(method, 3)
+    net = method.supernet
+    net.hybridize(active=False)
+    net.configure(mode="sample", temperature=0.7, noise="none", latency=False)
+    x = nd.array(np.random.RandomState(2).normal(size=(4, 1, 8, 8)))
+    c1 = net._children["c1"]  # conv, kernel options, batch norm, relu
+    out = c1(x)[0].asnumpy()
+    gate = nd.softmax(c1.alpha.data() / 0.7)
+    mask = nd.dot(gate, c1.channel_masks.data()).reshape((1, -1, 1, 1))
+    kernel = nd.dot(nd.softmax(c1.kernel_alpha.data() / 0.7), c1.kernel_masks.data())
+    z = nd.Convolution(x, c1.weight.data() * kernel.reshape((1, 1, 3, 3)), c1.bias.data(),
+                       kernel=(3, 3), pad=(1, 1), num_filter=4)
+    stats = [p.data().reshape((1, -1, 1, 1)) for p in (c1.running_mean, c1.running_var,
+                                                        c1.gamma, c1.beta)]
+    z = (z - stats[0]) / nd.sqrt(stats[1] + 1e-5) * stats[2] + stats[3]
+    expected = (nd.relu(z) * mask).asnumpy()
+    assert 0 < np.abs(expected).max() and np.abs(out - expected).max() <= 1e-5
+    c2 = net._children["c2"]  # conv, relu, no batch norm: the filters are scaled
+    h = nd.array(np.random.RandomState(3).normal(size=(4, 4, 4, 4)))
+    gate = nd.softmax(c2.alpha.data() / 0.7)
+    mask = nd.dot(gate, c2.channel_masks.data()).reshape((1, -1, 1, 1))
+    z = nd.Convolution(h, c2.weight.data(), c2.bias.data(), kernel=(3, 3), stride=(2, 2),
+                       pad=(1, 1), num_filter=6)
+    assert np.abs(c2(h)[0].asnumpy() - (nd.relu(z) * mask).asnumpy()).max() <= 1e-5
 
 
 def test_large_latency_weight_picks_the_smallest_options(tmp_path: Path) -> None:

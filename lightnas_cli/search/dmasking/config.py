@@ -72,8 +72,11 @@ class DmaskingSearchConfig(BaseConfig):
         default_factory=DmaskingTrainConfig)
     dmasking: DmaskingConfig = field(default_factory=DmaskingConfig)
     # Gumbel softmax of the channel/kernel choices: g = softmax((α + noise) / τ), τ annealed
-    # per epoch. Kernel choices draw one noise per batch (one weight tensor serves the batch).
-    relaxation: RelaxationConfig = field(default_factory=RelaxationConfig)
+    # per epoch. Noise per batch by default, as U-Boost NAS draws it: one mask per batch folds
+    # into the weights (cheap); per_sample multiplies every activation by its own mask.
+    # Kernel choices always draw one noise per batch (one weight tensor serves the batch).
+    relaxation: RelaxationConfig = field(
+        default_factory=lambda: RelaxationConfig(noise="per_batch"))
 
     @staticmethod
     def check(cfg: Any) -> None:

@@ -108,10 +108,10 @@ class DMaskingSearch(SearchMethod):
         """Exact (int) descriptions of the network taking `values` (layer -> {choice: v})."""
         channels = [values.get(layer.name, {}).get("channels", layer.spec["channels"])
                     for layer in self.space.weight_layers] + [self.classes]
-        kernels = [values.get(layer.name, {}).get("kernel") for layer in
-                   self.space.weight_layers] + [None]
+        areas = [values[layer.name]["kernel"] ** 2 if "kernel" in values.get(layer.name, {})
+                 else None for layer in self.space.weight_layers] + [None]
         return layer_descriptions(self.templates, self.scales, self.input_shape[0], channels,
-                                  kernels)
+                                  areas)
 
     def latency_of(self, values: dict) -> int:
         """Exact systolic latency (cycles) of the network taking `values`."""
@@ -119,19 +119,19 @@ class DMaskingSearch(SearchMethod):
 
     def expected_latency(self) -> float:
         """Smooth latency at the expected counts under softmax(α) (no noise)."""
-        channels, kernels = [], []
+        channels, areas = [], []
         for layer, masked in zip(self.space.weight_layers, self.supernet.masked_layers()):
             channels.append(self._expectation(masked, "alpha", layer.channels)
                             if len(layer.channels) > 1 else layer.spec["channels"])
-            kernels.append(self._expectation(masked, "kernel_alpha", layer.kernels)
-                           if len(layer.kernels) > 1 else None)
+            areas.append(self._expectation(masked, "kernel_alpha", [k * k for k in layer.kernels])
+                         if len(layer.kernels) > 1 else None)
         channels.append(self.classes)
-        kernels.append(None)
-        value = self.supernet.latency(nd, channels, kernels)
+        areas.append(None)
+        value = self.supernet.latency(nd, channels, areas)
         return float(value.asscalar()) if isinstance(value, nd.NDArray) else float(value)
 
     @staticmethod
-    def _expectation(masked: Any, attribute: str, options: tuple) -> nd.NDArray:
+    def _expectation(masked: Any, attribute: str, options: Any) -> nd.NDArray:
         probabilities = nd.softmax(getattr(masked, attribute)._reduce())
         return nd.sum(probabilities * nd.array(options, dtype=np.float32))
 
@@ -331,10 +331,10 @@ class DMaskingSearch(SearchMethod):
                 weight = weight[:, :, start:start + kernel, start:start + kernel]
             target.weight.set_data(nd.array(weight))
             target.bias.set_data(masked.bias._reduce()[:out])
-            if masked.bn is not None:
+            if hasattr(masked, "gamma"):
                 norm = net._children[f"{name}_bn"]
                 for key in ("gamma", "beta", "running_mean", "running_var"):
-                    getattr(norm, key).set_data(getattr(masked.bn, key)._reduce()[:out])
+                    getattr(norm, key).set_data(getattr(masked, key)._reduce()[:out])
             kept_in = out
         return net
 

@@ -71,23 +71,47 @@ def ramp(options: int) -> np.ndarray:
     return np.linspace(0.0, ALPHA_RAMP, options, dtype=np.float32)
 
 
+#: Activations with act(m·z) = m·act(z) for m >= 0: a per-batch mask folds into the weights.
+HOMOGENEOUS = ("relu", "none")
+
+
+def _ones(F: Any, shape: tuple, like: Any) -> Any:
+    return F.ones(shape, ctx=like.context) if F is nd else F.ones(shape)
+
+
+def _expand(F: Any, vector: Any, columns: int, like: Any) -> Any:
+    """(n,) -> (n, columns), each row one value. An outer product with ones, not a broadcast:
+    MXNet 1.9's broadcast_mul back-propagates through a slow generic reduction (measured
+    8-18 ms for a 64x6x28x28 activation on this CPU; the product's GEMV: under 1 ms)."""
+    return F.dot(vector.reshape((-1, 1)), _ones(F, (1, columns), like))
+
+
 class MaskedLayer(gluon.HybridBlock):
     """A conv or dense layer at its largest options, with masked channels/kernel.
 
-    Returns (output, soft output channels, soft kernel size): the soft counts are the
+    Returns (output, soft output channels, soft kernel area): the soft counts are the
     expectations under the gates when the latency is computed, else (and for a fixed
     layer) None.
+
+    Where the mask is one vector for the whole batch (per-batch noise, no noise, argmax) and
+    the activation is positively homogeneous (relu, none), scaling output channel c by m_c is
+    the same as scaling its filter, bias (or batch-norm scale and shift) by m_c: the mask is
+    then applied to those small tensors instead of the activations. Otherwise (per-sample
+    noise, tanh/sigmoid/softrelu) the activations are multiplied.
     """
 
-    def __init__(self, layer: SpaceLayer, in_units: int, shared: _Shared, **kwargs: Any):
+    def __init__(self, layer: SpaceLayer, in_units: int, positions: int, shared: _Shared,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         spec = layer.spec
         self._kind, self._shared = layer.kind, shared
         self._channels = spec["channels"]
+        self._positions = int(positions)
         self._activation = spec.get("activation", "none")
         self._searched_channels = len(layer.channels) > 1
         self._channel_options = len(layer.channels)
         self._kernel_options = layer.kernels if len(layer.kernels) > 1 else ()
+        self._batchnorm = bool(spec.get("batchnorm"))
         if self._kind == "conv":
             k = spec["kernel"]
             self._conv = dict(kernel=(k, k), stride=(spec["stride"],) * 2,
@@ -96,33 +120,41 @@ class MaskedLayer(gluon.HybridBlock):
             weight_shape: tuple = (self._channels, in_units, k, k)
         else:
             weight_shape = (self._channels, in_units)
+        self._weight_shape = weight_shape
+        channels = (self._channels,)
         with self.name_scope():
             self.weight = self.params.get("weight", shape=weight_shape,
                                           init=mx_init.Xavier(rnd_type="gaussian",
                                                               factor_type="in", magnitude=2))
-            self.bias = self.params.get("bias", shape=(self._channels,), init="zeros")
+            self.bias = self.params.get("bias", shape=channels, init="zeros")
+            if self._batchnorm:
+                # Gluon's BatchNorm defaults (momentum 0.9, eps 1e-5), held here so the
+                # channel mask can scale its gamma and beta.
+                self.gamma = self.params.get("gamma", shape=channels, init="ones")
+                self.beta = self.params.get("beta", shape=channels, init="zeros")
+                self.running_mean = self.params.get("running_mean", shape=channels,
+                                                    init="zeros", grad_req="null",
+                                                    differentiable=False)
+                self.running_var = self.params.get("running_var", shape=channels, init="ones",
+                                                   grad_req="null", differentiable=False)
             if self._searched_channels:
-                options = np.array(layer.channels, dtype=np.float32)
+                options = np.array(layer.channels)
                 masks = (np.arange(self._channels)[None, :] < options[:, None]).astype(np.float32)
                 self.alpha = self.params.get("alpha", shape=(len(options),),
                                              init=mx_init.Constant(ramp(len(options))))
                 self.channel_masks = self.params.get_constant("channel_masks", masks)
-                self.channel_values = self.params.get_constant("channel_values", options)
             if self._kernel_options:
                 k = spec["kernel"]
-                sizes = np.array(self._kernel_options, dtype=np.float32)
-                masks = np.zeros((len(sizes), k * k), dtype=np.float32)
+                masks = np.zeros((len(self._kernel_options), k * k), dtype=np.float32)
                 for row, size in enumerate(self._kernel_options):
                     grid = np.zeros((k, k), dtype=np.float32)
                     start = (k - size) // 2
                     grid[start:start + size, start:start + size] = 1
                     masks[row] = grid.reshape(-1)
                 self.kernel_alpha = self.params.get(
-                    "kernel_alpha", shape=(len(sizes),),
-                    init=mx_init.Constant(ramp(len(sizes))))
+                    "kernel_alpha", shape=(len(self._kernel_options),),
+                    init=mx_init.Constant(ramp(len(self._kernel_options))))
                 self.kernel_masks = self.params.get_constant("kernel_masks", masks)
-                self.kernel_values = self.params.get_constant("kernel_values", sizes)
-            self.bn = nn.BatchNorm(in_channels=self._channels) if spec.get("batchnorm") else None
 
     def _gate(self, F: Any, alpha: Any, options: int, batch_like: Any) -> Any:
         settings = self._shared.settings
@@ -134,53 +166,71 @@ class MaskedLayer(gluon.HybridBlock):
         return gumbel_softmax(F, alpha, settings.temperature, noise, batch_like)
 
     def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any, **params: Any) -> Any:
-        soft_kernel = soft_channels = None
+        settings = self._shared.settings
+        soft_area = soft_channels = None
         if self._kernel_options:
             k = self._conv["kernel"][0]
             gate = self._gate(F, params["kernel_alpha"], len(self._kernel_options), None)
-            mask = F.dot(gate, params["kernel_masks"]).reshape((1, 1, k, k))
-            weight = F.broadcast_mul(weight, mask)
-            if self._shared.settings.latency:
-                soft_kernel = F.sum(gate * params["kernel_values"])
+            mask = F.dot(gate, params["kernel_masks"])  # (k*k,)
+            rows = self._channels * self._weight_shape[1]
+            weight = weight * F.dot(_ones(F, (rows, 1), x), mask.reshape((1, -1))).reshape(
+                self._weight_shape)
+            if settings.latency:
+                # Σ_j mask_j = Σ_i g_i k_i²: the expected kernel area k1·k2.
+                soft_area = F.sum(mask)
+        mask = None
+        gamma, beta = params.get("gamma"), params.get("beta")
+        if self._searched_channels:
+            gate = self._gate(F, params["alpha"], self._channel_options,
+                              x if settings.per_sample else None)
+            mask = F.dot(gate, params["channel_masks"])  # (C,) or, per sample, (B, C)
+            if settings.latency:
+                # Σ_j m_j = Σ_i g_i c_i: the expected channel count (batch mean per sample).
+                soft_channels = F.sum(F.mean(mask, axis=0) if settings.per_sample else mask)
+            if not settings.per_sample and self._activation in HOMOGENEOUS:
+                if self._batchnorm:
+                    gamma, beta = gamma * mask, beta * mask
+                else:
+                    columns = int(np.prod(self._weight_shape[1:]))
+                    weight = weight * _expand(F, mask, columns, x).reshape(self._weight_shape)
+                    bias = bias * mask
+                mask = None
         if self._kind == "conv":
             y = F.Convolution(x, weight, bias, **self._conv)
         else:
             y = F.FullyConnected(x, weight, bias, num_hidden=self._channels, flatten=True)
-        if self.bn is not None:
-            y = self.bn(y)
+        if self._batchnorm:
+            y = F.BatchNorm(y, gamma, beta, params["running_mean"], params["running_var"],
+                            eps=1e-5, momentum=0.9, fix_gamma=False, use_global_stats=False,
+                            axis=1, name="fwd")
         if self._activation != "none":
             y = F.Activation(y, act_type=self._activation)
-        if self._searched_channels:
-            per_sample = self._shared.settings.per_sample
-            alpha = params["alpha"]
-            gate = self._gate(F, alpha, self._channel_options, x if per_sample else None)
-            mask = F.dot(gate, params["channel_masks"])
+        if mask is not None:
+            if not settings.per_sample:  # one mask for the batch: a row per sample
+                mask = F.broadcast_like(mask.reshape((1, -1)), y, lhs_axes=(0,),
+                                        rhs_axes=(0,))
             if self._kind == "conv":
-                shape = (0, 0, 1, 1) if per_sample else (1, -1, 1, 1)
-            else:
-                shape = (0, 0) if per_sample else (1, -1)
-            y = F.broadcast_mul(y, mask.reshape(shape))
-            if self._shared.settings.latency:
-                mean = F.mean(gate, axis=0) if per_sample else gate
-                soft_channels = F.sum(mean * params["channel_values"])
-        return y, soft_channels, soft_kernel
+                mask = F.reshape_like(_expand(F, mask, self._positions, x), y)
+            y = y * mask
+        return y, soft_channels, soft_area
 
 
 def layer_descriptions(templates: Sequence[costs.Layer], scales: Sequence[int],
-                       in_channels: int, channels: Sequence[Any], kernels: Sequence[Any],
+                       in_channels: int, channels: Sequence[Any], areas: Sequence[Any],
                        F: Any = None) -> list[costs.Layer]:
-    """The weight layers as cost models see them, with output channels `channels` and
-    kernel sizes `kernels` (None: the template's) per layer, plain numbers or soft arrays.
+    """The weight layers as cost models see them, with output channels `channels` and kernel
+    areas k1·k2 `areas` (None: the template's kernel) per layer, plain numbers or soft arrays
+    (an expected area Σ g_i k_i² is described as a (area, 1) kernel: the same product).
 
     A layer's input channels are the previous layer's output channels (the data's channels
     for the first) times its `scale`: the spatial positions a flatten folds into features.
     """
     described, previous = [], in_channels
-    for template, scale, out, kernel in zip(templates, scales, channels, kernels):
+    for template, scale, out, area in zip(templates, scales, channels, areas):
         fields: dict[str, Any] = dict(in_channels=previous * scale if scale != 1 else previous,
                                       out_channels=out, F=F)
-        if kernel is not None:
-            fields["kernel"] = (kernel, kernel)
+        if area is not None:
+            fields["kernel"] = (area, 1)
         described.append(dataclasses.replace(template, **fields))
         previous = out
     return described
@@ -213,8 +263,10 @@ class MaskedNet(gluon.HybridBlock):
             for layer in layers:
                 if layer.weighted:
                     in_units = units * self._scales[weight_index]
-                    block: gluon.HybridBlock = MaskedLayer(layer, in_units, self._shared,
-                                                           prefix=f"{layer.name}_")
+                    positions = int(np.prod(self._templates[weight_index].output_positions
+                                            or [1]))
+                    block: gluon.HybridBlock = MaskedLayer(layer, in_units, positions,
+                                                           self._shared, prefix=f"{layer.name}_")
                     units = layer.spec["channels"]
                     weight_index += 1
                 elif layer.kind == "pool":
@@ -260,24 +312,25 @@ class MaskedNet(gluon.HybridBlock):
                 if id(p) not in skip and p.grad_req != "null"]
 
     # --- forward ------------------------------------------------------------------------
-    def latency(self, F: Any, channels: Sequence[Any], kernels: Sequence[Any]) -> Any:
-        """The latency model's total over the weight layers with these (soft) counts."""
+    def latency(self, F: Any, channels: Sequence[Any], areas: Sequence[Any]) -> Any:
+        """The latency model's total over the weight layers with these (soft) channel counts
+        and kernel areas."""
         layers = layer_descriptions(self._templates, self._scales, self._in_channels, channels,
-                                    kernels, F)
+                                    areas, F)
         return self._latency_model.total(layers)
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
-        channels, kernels = [], []
+        channels, areas = [], []
         for name, weighted, fixed in self._order:
             block = self._children[name]
             if not weighted:
                 x = block(x)
                 continue
-            x, soft_channels, soft_kernel = block(x)
+            x, soft_channels, soft_area = block(x)
             channels.append(fixed if soft_channels is None else soft_channels)
-            kernels.append(soft_kernel)
+            areas.append(soft_area)
         if self._shared.settings.latency:
-            latency = self.latency(F, channels, kernels)
+            latency = self.latency(F, channels, areas)
         else:
             latency = F.sum(F.zeros_like(x))
         return x, latency
