@@ -211,6 +211,16 @@ def test_a_mask_folded_into_the_weights_equals_masking_the_activations(tmp_path:
     assert np.abs(c2(h)[0].asnumpy() - (nd.relu(z) * mask).asnumpy()).max() <= 1e-5
 
 
+def test_batch_norm_statistics_are_re_estimated_for_the_derived_network(tmp_path: Path) -> None:
+    method = make_method(tmp_path)
+    c1 = method.supernet._children["c1"]
+    assert not c1.running_mean.data().asnumpy().any()  # fresh: zeros
+    method._recalibrate(1)
+    derived_channels = method.derived_values()["c1"]["channels"]
+    mean = c1.running_mean.data().asnumpy()
+    assert np.abs(mean[:derived_channels]).min() > 0
+
+
 def test_large_latency_weight_picks_the_smallest_options(tmp_path: Path) -> None:
     method = make_method(tmp_path, ["dmasking.latency_weight=20", "dmasking.arch_lr=0.3",
                                     "train.epochs=3"])

@@ -39,7 +39,11 @@ class SystolicConfig:
     batch: int = setting(64, ge=1)
     # T of the smooth ceiling f_T(x) = sum_i sigmoid(T (x - i)) used by the search's latency
     # term: larger is closer to the exact steps, smaller gives gradients further from them.
-    sharpness: float = setting(10.0, gt=0)
+    # The first step sits at x = 0: a layer of c channels on an s-wide array has x = c/s, so
+    # f_T counts it as the one tile it is only when T * c / s >> 1; with s = 128 and layers of
+    # a few channels that needs T in the hundreds (200: configs/dmasking/lenet_digits.yml).
+    # Small arrays, where steps come every few channels, work with small T (5 on an 8 x 8).
+    sharpness: float = setting(200.0, gt=0)
 
 
 @dataclass
