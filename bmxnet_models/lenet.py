@@ -48,7 +48,7 @@ def _positive(where: str, value: Any) -> int:
     return int(value)
 
 
-def _layer(where: str, spec: Any, index: int, counters: dict) -> dict:
+def _layer(where: str, spec: Any, counters: dict) -> dict:
     """A spec with every key present (defaults filled in), checked."""
     if not isinstance(spec, dict) or spec.get("type") not in LAYER_TYPES:
         raise ConfigError(f"{where}: a layer is a mapping with 'type' one of "
@@ -91,7 +91,7 @@ def _layer(where: str, spec: Any, index: int, counters: dict) -> dict:
 def normalize_layers(layers: Sequence[Any]) -> list[dict]:
     """Specs with defaults filled in and names made unique; bad specs raise ConfigError."""
     counters: dict[str, int] = {}
-    result = [_layer(f"layers[{i}]", spec, i, counters) for i, spec in enumerate(layers)]
+    result = [_layer(f"layers[{i}]", spec, counters) for i, spec in enumerate(layers)]
     names = [layer["name"] for layer in result]
     for name in names:
         if names.count(name) > 1 or name == OUTPUT_NAME or name.endswith("_bn"):
