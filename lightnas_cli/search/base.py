@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mxnet import gluon
 
 #: Packages under lightnas_cli/search/ that register a method when imported.
-BUILTIN_METHODS = ("enas", "pit")
+BUILTIN_METHODS = ("enas", "pit", "dmasking")
 
 ARCHITECTURE_FORMAT = 1
 
