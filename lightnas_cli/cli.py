@@ -254,7 +254,8 @@ def summary_command(
         cost: Optional[List[str]] = typer.Option(None, "--cost",
                                                  help="Also show this registered cost model "
                                                       "per layer and in total (repeatable), "
-                                                      "e.g. --cost ops --cost flops."),
+                                                      "with options as name:key=value,..., "
+                                                      "e.g. --cost ops --cost systolic:s1=32."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
         root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
     """Per-layer shapes, 1-bit/32-bit parameters, binary/float MACs, memory, and totals."""

@@ -134,7 +134,6 @@ def front_figure(points: list[tuple[float, float]], labels: list[str], front: li
 
 
 def sweep_report(folder: Path, out: Path) -> Path:
-    from lightnas_cli import costs as cost_models
     from lightnas_cli.sweep import load_sweep, read_status
 
     sweep_cfg, trials = load_sweep(folder)
@@ -150,12 +149,12 @@ def sweep_report(folder: Path, out: Path) -> Path:
         front = pareto_front(points, maximize)
         on_front.update(usable[i].trial for i in front)
         figure = front_figure(points, [f"#{t.trial}" for t in usable], front, cost,
-                              cost_models.cost_unit(cost), sweep_cfg.objective)
+                              _unit(cost), sweep_cfg.objective)
         data = _save(figure, out / f"front_{cost}.png")
         sections.append(f"<h2>{html.escape(sweep_cfg.objective)} against {html.escape(cost)}"
                         f"</h2>\n{_img(data, f'Pareto front, {cost}')}")
     columns = ["trial", "status", "overrides", sweep_cfg.objective] + \
-        [f"{c} ({cost_models.cost_unit(c)})" for c in sweep_cfg.costs] + ["seconds", "error"]
+        [f"{c} ({_unit(c)})" for c in sweep_cfg.costs] + ["seconds", "error"]
     rows = []
     for trial in sorted(trials.values(), key=lambda t: t.trial):
         css = "front" if trial.trial in on_front else ("failed" if trial.status == "failed"
@@ -182,6 +181,11 @@ def sweep_report(folder: Path, out: Path) -> Path:
     path = out / REPORT
     atomic_write(path, _page(f"Sweep {folder.name}", meta + "\n".join(sections) + table))
     return path
+
+
+def _unit(spec: str) -> str:
+    from lightnas_cli import costs as cost_models
+    return cost_models.cost_unit(cost_models.parse_cost_spec(spec)[0])
 
 
 def _plain(value: Any) -> Any:

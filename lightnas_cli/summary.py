@@ -42,7 +42,7 @@ class ModelSummary:
     architecture: str | None = None
     #: Facts the run's search method adds (e.g. a MeliusNet run's custom string).
     notes: dict[str, str] = field(default_factory=dict)
-    #: Registered cost models shown per layer and in total (`--cost NAME`).
+    #: Registered cost models shown per layer and in total (`--cost NAME[:key=value,...]`).
     cost_names: list[str] = field(default_factory=list)
 
     def layer_rows(self) -> list[dict]:
@@ -50,7 +50,7 @@ class ModelSummary:
         the requested cost models' values."""
         params, macs = costs.get_cost_model("params"), costs.get_cost_model("macs")
         memory = costs.get_cost_model("binary_memory")
-        extra = {name: costs.get_cost_model(name) for name in self.cost_names}
+        extra = {name: costs.cost_model_from_spec(name) for name in self.cost_names}
         rows = []
         for layer in self.layers:
             binary, layer_params, layer_macs = layer.binary, params(layer), macs(layer)
@@ -68,8 +68,8 @@ class ModelSummary:
 
     def cost_totals(self) -> dict:
         """Totals of the requested cost models, with their units."""
-        return {name: {"total": costs.get_cost_model(name).total(self.layers),
-                       "unit": costs.cost_unit(name)} for name in self.cost_names}
+        return {name: {"total": costs.cost_model_from_spec(name).total(self.layers),
+                       "unit": _unit(name)} for name in self.cost_names}
 
     def totals_dict(self) -> dict:
         t = self.totals
@@ -137,11 +137,12 @@ def summarize_model(model: str, input_shape: Sequence[int] | None = None,
                     root: Path = Path("trainings"),
                     cost_names: Sequence[str] = ()) -> ModelSummary:
     """Build the named model (zoo name, custom string or ``run:<name>``) and summarise it,
-    with the per-layer values of the registered cost models `cost_names`."""
+    with the per-layer values of the registered cost models `cost_names` (each
+    ``name`` or ``name:key=value,...`` with the model's options, e.g. ``systolic:s1=32``)."""
     options = dict(options or {})
     cost_names = list(dict.fromkeys(cost_names))
     for name in cost_names:
-        costs.cost_model_class(name)  # an unknown name fails before any model is built
+        costs.cost_model_from_spec(name)  # a bad name or option fails before any model is built
     if model.startswith(RUN_PREFIX):
         if options:
             raise ConfigError("model options (-o) do not apply to a run: its config fixes them")
@@ -220,6 +221,10 @@ def _summarize_run(reference: str, input_shape: Sequence[int] | None, classes: i
                         architecture=str(path), notes=notes)
 
 
+def _unit(spec: str) -> str:
+    return costs.cost_unit(costs.parse_cost_spec(spec)[0])
+
+
 def _count(value: float) -> str:
     return f"{int(value):,}" if value else "0"
 
@@ -242,7 +247,7 @@ def render(summary: ModelSummary, console: Any) -> None:
     columns = [("layer", "left"), ("type", "left"), ("output shape", "left"),
                ("params 1-bit", "right"), ("params 32-bit", "right"), ("MACs binary", "right"),
                ("MACs float", "right"), ("memory KiB", "right")]
-    columns += [(f"{name} ({costs.cost_unit(name)})", "right") for name in summary.cost_names]
+    columns += [(f"{name} ({_unit(name)})", "right") for name in summary.cost_names]
     for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=True)
     for row in summary.layer_rows():

@@ -48,11 +48,6 @@ OBJECTIVES = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
 SPACE_TYPES = ("categorical", "real", "int")
 
 
-def _cost_models() -> list[str]:
-    from lightnas_cli.costs import available_cost_models
-    return available_cost_models()
-
-
 @dataclass
 class SweepConfig:
     # random (autogluon.core's LocalRandomSearcher: the first trial takes each space's default)
@@ -65,8 +60,9 @@ class SweepConfig:
     # What a trial achieves, measured on its final derived network: val_accuracy |
     # test_accuracy (maximised) | val_loss | test_loss (minimised).
     objective: str = setting("val_accuracy", choices=OBJECTIVES)
-    # Registered cost models the objective is traded against (one Pareto front each).
-    costs: List[str] = setting(factory=lambda: ["params", "macs"], choices=_cost_models)
+    # Registered cost models the objective is traded against (one Pareto front each), each
+    # `name` or `name:key=value,...` with the model's options (e.g. systolic:s1=32,s2=32).
+    costs: List[str] = field(default_factory=lambda: ["params", "macs"])
     # Grid searcher: values taken from each real/int space (a space may set its own `points`).
     points: int = setting(4, ge=1)
     # Dotted config key -> space, e.g.
@@ -75,6 +71,15 @@ class SweepConfig:
     #   controller.batch_size: {type: int, lower: 2, upper: 8}
     # `default` (optional) is the value of the random searcher's first trial.
     space: Dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def check(section: Any) -> None:
+        from lightnas_cli.costs import cost_model_from_spec
+        for spec in section.costs:
+            try:
+                cost_model_from_spec(spec)
+            except ConfigError as exc:
+                raise ConfigError(f"'sweep.costs': {exc}") from None
 
 
 @dataclass
@@ -275,7 +280,7 @@ def _trial_results(run: RunDir, sweep_cfg: Any) -> tuple[dict, dict]:
         net = method.build(architecture)
     net.hybridize(active=False)
     layers = cost_models.profile(net, architecture.input_shape)
-    costs = {name: float(cost_models.get_cost_model(name).total(layers))
+    costs = {name: float(cost_models.cost_model_from_spec(name).total(layers))
              for name in sweep_cfg.costs}
     return metrics, costs
 

@@ -52,6 +52,18 @@ def test_unknown_cost_model_is_a_config_error() -> None:
         costs.get_cost_model("params", array=128)
 
 
+def test_cost_specs_carry_options() -> None:
+    assert costs.parse_cost_spec("macs") == ("macs", {})
+    assert costs.parse_cost_spec("systolic:s1=32, s2=16,ceiling=exact") == (
+        "systolic", {"s1": 32, "s2": 16, "ceiling": "exact"})
+    small = costs.cost_model_from_spec("systolic:s1=8,s2=8,batch=1")
+    assert (small.s1, small.s2, small.batch) == (8, 8, 1)
+    with pytest.raises(ConfigError, match="has no option"):
+        costs.cost_model_from_spec("systolic:rows=8")
+    with pytest.raises(ConfigError, match="name:key=value"):
+        costs.parse_cost_spec("systolic:s1")
+
+
 def test_soft_channel_counts_give_gradients() -> None:
     """A description whose channel counts are NDArrays costs an NDArray with gradients."""
     channels = nd.array([12.5])

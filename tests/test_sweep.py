@@ -129,7 +129,10 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> No
     ({"searcher": "bayes", "space": {"pit.strength": {"type": "categorical", "values": [1]}}},
      "'sweep.searcher' is 'bayes'"),
     ({"costs": ["latency"], "space": {"pit.strength": {"type": "categorical", "values": [1]}}},
-     "'sweep.costs' is 'latency'"),
+     "'sweep.costs': unknown cost model 'latency'"),
+    ({"costs": ["systolic:rows=3"], "space": {"pit.strength": {"type": "categorical",
+                                                                "values": [1]}}},
+     "cost model 'systolic' has no option(s) rows"),
 ])
 def test_bad_sweep_sections_fail_before_anything_is_created(tmp_path: Path, sweep: dict,
                                                             message: str) -> None:

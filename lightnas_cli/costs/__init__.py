@@ -22,7 +22,8 @@ layer at deployment); Larq-style summaries count their scale and shift (`norm_la
 from lightnas_cli.costs.layer import (BINARY_BITS, FLOAT_BITS, Layer, conv_macs, conv_params,
                                       dense_macs, dense_params)
 from lightnas_cli.costs.registry import (CostModel, available_cost_models, cost_model_class,
-                                         cost_unit, get_cost_model, register_cost_model)
+                                         cost_model_from_spec, cost_unit, get_cost_model,
+                                         parse_cost_spec, register_cost_model)
 # Built-in cost models register themselves on import.
 from lightnas_cli.costs import params as _params  # noqa: F401,E402  (params)
 from lightnas_cli.costs import macs as _macs  # noqa: F401,E402  (macs, flops)
@@ -36,6 +37,7 @@ from lightnas_cli.costs.summary import MIB, CostSummary, summarize  # noqa: E402
 __all__ = [
     "Layer", "CostModel", "CostSummary", "register_cost_model", "get_cost_model",
     "available_cost_models", "cost_model_class", "cost_unit", "profile", "describe_block",
+    "parse_cost_spec", "cost_model_from_spec",
     "describe_norm", "summarize", "conv_params", "conv_macs", "dense_params", "dense_macs",
     "FLOAT_BITS", "BINARY_BITS", "BINARY_MACS_PER_OP", "MIB",
 ]

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import abc
 import difflib
+import inspect
 from typing import Any, Iterable
+
+import yaml
 
 from lightnas_cli.costs.layer import Layer
 from lightnas_cli.errors import ConfigError
@@ -75,8 +78,44 @@ def cost_model_class(name: str) -> type[CostModel]:
 
 
 def get_cost_model(name: str, **options: Any) -> CostModel:
-    """An instance of the cost model registered as `name`, with its options."""
-    return cost_model_class(name)(**options)
+    """An instance of the cost model registered as `name`, with its options (an option the
+    model does not take is a ConfigError naming the ones it does)."""
+    cls = cost_model_class(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind is p.VAR_KEYWORD
+                    for p in inspect.signature(cls.__init__).parameters.values())
+    unknown = sorted(set(options) - {p.name for p in accepted})
+    if unknown and not (takes_any and cls.__init__ is not CostModel.__init__):
+        if not accepted:
+            raise ConfigError(f"cost model {name!r} takes no options, got {unknown}")
+        raise ConfigError(f"cost model {name!r} has no option(s) {', '.join(unknown)}; its "
+                          f"options are: {', '.join(p.name for p in accepted)}")
+    return cls(**options)
+
+
+def parse_cost_spec(spec: str) -> tuple[str, dict]:
+    """``"systolic:s1=32,s2=32"`` -> ("systolic", {"s1": 32, "s2": 32}); a plain name has no
+    options. Values are read as YAML scalars (numbers, booleans, strings)."""
+    name, _, rest = str(spec).partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"cost {spec!r}: options are written name:key=value,key=value "
+                              f"(e.g. systolic:s1=32,s2=32)")
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"cost {spec!r}: cannot read the value of {key!r}") from None
+    cost_model_class(name.strip())
+    return name.strip(), options
+
+
+def cost_model_from_spec(spec: str) -> CostModel:
+    """The cost model a ``name[:key=value,...]`` spec describes."""
+    name, options = parse_cost_spec(spec)
+    return get_cost_model(name, **options)
 
 
 def cost_unit(name: str) -> str:

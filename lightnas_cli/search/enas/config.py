@@ -6,11 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from lightnas_cli.config.schema import BaseConfig, ModelSection, setting
-
-
-def _cost_models() -> list[str]:
-    from lightnas_cli.costs import available_cost_models
-    return available_cost_models()
+from lightnas_cli.errors import ConfigError
 
 
 @dataclass
@@ -44,9 +40,10 @@ class EnasModelConfig(ModelSection):
 
 @dataclass
 class EnasConfig:
-    # Cost of an architecture in the reward: any registered cost model (`lightnas summary
-    # --cost` lists them): params | macs | flops | binary_memory | ops ...
-    cost: str = setting("binary_memory", choices=_cost_models)
+    # Cost of an architecture in the reward: any registered cost model, params | macs | flops |
+    # binary_memory | ops | systolic ..., with its options as name:key=value,... (e.g.
+    # systolic:s1=32,s2=32,batch=1), the syntax of `lightnas summary --cost`.
+    cost: str = "binary_memory"
     # Exponent w in reward = accuracy * (cost_target / cost) ** w; 0 turns the cost off.
     cost_weight: float = setting(0.0, ge=0)
     # null: halfway between the cheapest and the most expensive architecture of the space.
@@ -54,6 +51,14 @@ class EnasConfig:
     # true: train the weights for the whole epoch first, then run all controller updates
     # (controller.steps_after_epoch of them); false: interleave (every controller.update_every).
     only_post_training_eval: bool = False
+
+    @staticmethod
+    def check(section: Any) -> None:
+        from lightnas_cli.costs import cost_model_from_spec
+        try:
+            cost_model_from_spec(section.cost)
+        except ConfigError as exc:
+            raise ConfigError(f"'enas.cost': {exc}") from None
 
 
 @dataclass

@@ -57,7 +57,7 @@ class EnasSearch(SearchMethod):
                           for key, options in unit.choices.items()]
         self.supernet.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in",
                                                 magnitude=2), ctx=contexts)
-        self.cost_model = cost_models.get_cost_model(config.enas.cost)
+        self.cost_model = cost_models.cost_model_from_spec(config.enas.cost)
         self._profile_costs()
         if config.train.hybridize:
             hybridize_supernet(self.supernet)
