@@ -38,15 +38,30 @@ def _check_python() -> None:
         raise typer.Exit(2)
 
 
+def _print_error(message: str) -> None:
+    """One `error:` line, whatever the message holds."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    _err.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def user_errors(func):
-    """Print LightNASError as `error: ...` and exit 2; Ctrl-C exits 130."""
+    """Print LightNASError - and an OSError the environment caused (disk full, permission
+    denied, read-only file system, name too long) - as one `error: ...` line and exit 2;
+    Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         _check_python()
         try:
             return func(*args, **kwargs)
         except LightNASError as exc:
-            _err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            _print_error(str(exc))
+            raise typer.Exit(2)
+        except OSError as exc:
+            from lightnas_cli.files import describe_os_error, is_environment_error
+            if not is_environment_error(exc):
+                raise
+            _print_error(f"{describe_os_error(exc)}; check the path, its permissions and the "
+                         f"free space, then run the command again")
             raise typer.Exit(2)
         except KeyboardInterrupt:
             raise typer.Exit(130)
@@ -67,12 +82,15 @@ def search(config: Path = typer.Option(..., "-c", "--config", help="YAML config 
 @app.command()
 @user_errors
 def resume(run: str = typer.Argument(..., help="Run name (under trainings/) or run folder."),
+           overrides: Optional[List[str]] = typer.Argument(
+               None, help="Training overrides, e.g. train.lr=0.001 after a divergence "
+                          "(not run/data/model/method/seed)."),
            epochs: Optional[int] = typer.Option(None, "--epochs",
                                                 help="New total number of epochs."),
            root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
     """Continue a run from its last complete checkpoint."""
     from lightnas_cli import runner
-    result = runner.resume_search(run, epochs, root)
+    result = runner.resume_search(run, epochs, root, overrides=overrides or [])
     _out.print(f"finished: {result.path}", markup=False)
 
 
@@ -112,12 +130,19 @@ def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of 
     for column in ("name", "method", "model", "dataset", "status", "epochs", "best val acc",
                    "cost"):
         table.add_column(column, no_wrap=True)
+    from lightnas_cli.errors import RunError
     for run in found:
-        status = run.read_status()
+        try:
+            status = run.read_status()
+            state = run.effective_status()
+        except RunError as exc:  # one damaged run.json must not hide the other runs
+            _err.print(f"warning: {exc}", markup=False, highlight=False, soft_wrap=True)
+            table.add_row(run.name, "?", "?", "?", "unreadable", "?", "-", "-")
+            continue
         accuracy = status.get("best_val_accuracy")
         cost = status.get("cost")
         table.add_row(run.name, str(status.get("method", "?")), str(status.get("model", "?")),
-                      str(status.get("dataset", "?")), run.effective_status(),
+                      str(status.get("dataset", "?")), state,
                       f"{status.get('epoch', 0)}/{status.get('epochs', '?')}",
                       "-" if accuracy is None else f"{accuracy:.4f}",
                       "-" if cost is None else f"{cost:.4g} {status.get('cost_name', '')}")

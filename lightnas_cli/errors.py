@@ -29,3 +29,11 @@ class CheckpointError(LightNASError):
 
 class ArchitectureError(LightNASError):
     """An architecture record or string is malformed or does not fit the model."""
+
+
+class DiskFullError(RunError):
+    """The disk (or quota) filled up while a run was writing; free space, then resume."""
+
+
+class DivergedError(LightNASError):
+    """The training loss became NaN or infinite; the run stopped with its good epochs kept."""
