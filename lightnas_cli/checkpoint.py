@@ -15,6 +15,7 @@ Also here: exact save/restore of a Gluon Trainer's optimizer state without `Trai
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,10 +25,11 @@ from pathlib import Path
 from typing import Callable
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
 from lightnas_cli.errors import CheckpointError
-from lightnas_cli.files import atomic_write, fsync_dir, sha256_file, unused_name
+from lightnas_cli.files import atomic_write, free_bytes, fsync_dir, sha256_file, unused_name
 
 ARRAYS = "arrays.params"
 STATE = "state.json"
@@ -64,9 +66,7 @@ def save(directory: Path, epoch: int, arrays: dict, state: dict, keep: int,
     try:
         tmp.mkdir()
         arrays_file = tmp / ARRAYS
-        mx.nd.save(str(arrays_file), {k: v.as_in_context(mx.cpu()) for k, v in arrays.items()})
-        with open(arrays_file, "rb") as handle:
-            os.fsync(handle.fileno())
+        _save_arrays(arrays_file, arrays)
         record = {"epoch": epoch, "arrays_sha256": sha256_file(arrays_file), "state": state}
         with open(tmp / STATE, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1, sort_keys=True)
@@ -83,6 +83,23 @@ def save(directory: Path, epoch: int, arrays: dict, state: dict, keep: int,
     fsync_dir(directory)
     _prune(directory, keep, protect + (epoch,))
     return final
+
+
+def _save_arrays(path: Path, arrays: dict) -> None:
+    """mx.nd.save, fsynced; its failed writes become OSErrors (ENOSPC when the arrays no
+    longer fit on the disk), since MXNet reports them without an errno."""
+    cpu = {k: v.as_in_context(mx.cpu()) for k, v in arrays.items()}
+    try:
+        mx.nd.save(str(path), cpu)
+    except mx.base.MXNetError as exc:
+        needed = sum(v.size * np.dtype(v.dtype).itemsize for v in cpu.values())
+        full = free_bytes(path.parent) < needed
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      "No space left on device" if full else
+                      f"MXNet could not write the arrays ({str(exc).splitlines()[-1]})",
+                      str(path)) from None
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _replace_existing(directory: Path, epoch: int) -> None:
@@ -183,11 +200,11 @@ def load(directory: Path, epoch: int | None = None, warn: Callable[[str], None] 
                 check(checkpoint)
         except CheckpointError as exc:
             skipped.append((candidate, str(exc)))
-            if warn:
-                warn(f"checkpoint {_name(candidate)} is incomplete or corrupt ({exc}); "
-                     f"falling back to the previous complete checkpoint")
             continue
         checkpoint.skipped = skipped
+        for epoch, why in skipped if warn else ():
+            warn(f"checkpoint {_name(epoch)} is incomplete or corrupt ({why}); falling back "
+                 f"to {_name(candidate)}, the newest complete checkpoint")
         return checkpoint
     detail = f" ({'; '.join(why for _, why in skipped)})" if skipped else ""
     raise CheckpointError(f"no complete checkpoint in {directory}{detail}; the run cannot be "

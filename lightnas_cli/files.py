@@ -126,12 +126,24 @@ def remove_stale_temporaries(folder: Path, patterns: tuple[str, ...] = (".*.tmp"
     return removed
 
 
+#: How MXNet (dmlc-core) reports a failed fwrite: it gives no errno, and on a local disk it
+#: is a full disk (seen on a full tmpfs while saving a checkpoint's arrays).
+MXNET_WRITE_FAILED = "FileStream.Write incomplete"
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether `exc` (an OSError, or MXNet's error text of a failed write) means no space."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
         return True
     text = str(exc)
-    return "No space left on device" in text or "Disk quota exceeded" in text
+    return any(sign in text for sign in ("No space left on device", "Disk quota exceeded",
+                                         MXNET_WRITE_FAILED))
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding `path`."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
 
 
 def is_environment_error(exc: BaseException) -> bool:

@@ -181,9 +181,7 @@ class RunDir:
             raise RunError(f"a run named {name!r} already exists at {path}; choose another "
                            f"name with run.name=NEW_NAME, or continue it with "
                            f"`lightnas resume {name}`") from None
-        except OSError as exc:
-            if not is_environment_error(exc):
-                raise
+        except OSError as exc:  # the checks above passed: whatever this is, it is the disk's
             raise RunError(f"cannot create the run folder {path} "
                            f"({describe_os_error(exc)}); set run.root to a writable folder "
                            f"with free space") from None
@@ -194,8 +192,6 @@ class RunDir:
             run.lock_file.touch()
         except OSError as exc:
             shutil.rmtree(path, ignore_errors=True)
-            if not is_environment_error(exc):
-                raise
             raise RunError(f"cannot create the run folder {path} "
                            f"({describe_os_error(exc)}); nothing was kept") from None
         return run

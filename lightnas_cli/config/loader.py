@@ -154,7 +154,11 @@ def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value "
                               f"(e.g. train.epochs=3)")
-        parsed = parse_yaml(value, f"override {key}")
+        try:
+            parsed = parse_yaml(value, f"override {key}")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; quote a value that starts with YAML punctuation "
+                              f"(* & ! [ {{ ' \"), e.g. {key}='*'") from None
         if key.strip() in _NAMED_KEYS and (parsed is None or parsed == ""):
             raise ConfigError(f"override {item!r} gives no name; write one (ASCII letters, "
                               f"digits, '.', '_', '-') or leave {key.strip()} out to get the "
