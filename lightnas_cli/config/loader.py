@@ -90,12 +90,32 @@ def _expanded_size(node: yaml.Node, source: str, depth: int, sizes: dict[int, in
     for child in children:
         total += _expanded_size(child, source, depth + 1, sizes, open_nodes)
         if total > MAX_CONFIG_VALUES:
-            raise ConfigError(f"{source}: holds more than {MAX_CONFIG_VALUES:,} values once "
-                              f"its anchors and aliases (&name / *name) are expanded; configs "
-                              f"are small - write the values out, or use fewer aliases")
+            raise _too_many(source)
     open_nodes.discard(id(node))
     sizes[id(node)] = total
     return total
+
+
+def _too_many(source: str) -> ConfigError:
+    return ConfigError(f"{source}: holds more than {MAX_CONFIG_VALUES:,} values once its "
+                       f"anchors and aliases (&name / *name) are expanded; configs are small - "
+                       f"write the values out, or use fewer aliases")
+
+
+class _CountingLoader(yaml.SafeLoader):
+    """A safe loader that stops composing once a document has more nodes than the budget,
+    so a huge list is refused before all of it is parsed (PyYAML parses ~25k values/s)."""
+
+    def __init__(self, text: str, source: str):
+        super().__init__(text)
+        self.nodes = 0
+        self.source = source
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_CONFIG_VALUES:
+            raise _too_many(self.source)
+        return super().compose_node(parent, index)
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -103,7 +123,7 @@ def parse_yaml(text: str, source: str) -> Any:
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source}: {len(text):,} characters is more than a config may hold "
                           f"({MAX_CONFIG_BYTES:,})")
-    loader = yaml.SafeLoader(text)
+    loader = _CountingLoader(text, source)
     try:
         node = loader.get_single_node()
         if node is None:
