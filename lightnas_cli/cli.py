@@ -74,6 +74,8 @@ def search(config: Path = typer.Option(..., "-c", "--config", help="YAML config 
            overrides: Optional[List[str]] = typer.Argument(
                None, help="Dotlist overrides, e.g. train.epochs=3 run.name=try1")) -> None:
     """Start a new search run from a config file (plus key=value overrides)."""
+    from lightnas_cli.config import load_config
+    load_config(str(config), overrides or [])  # config errors at once, before MXNet loads
     from lightnas_cli import runner
     run = runner.start_search(str(config), overrides or [])
     _out.print(f"finished: {run.path}", markup=False)

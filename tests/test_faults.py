@@ -153,7 +153,7 @@ def test_item_02_export_runs_and_summary_change_nothing(work: Path, invoke) -> N
     arrays.write_bytes(arrays.read_bytes()[:1000])
     before = tree_digest(run)
     out = work / "ro-export"
-    _, err = assert_ok(run_cli(["export", "ro", "--out", out], work))
+    _, err = assert_ok(invoke(["export", "ro", "--out", out], work))
     assert "epoch-0002" in err and "falling back to epoch-0001" in err
     assert (out / "epoch-0001" / "trainable" / "export.json").is_file()
     assert tree_digest(run) == before  # nothing moved aside, `latest` untouched
@@ -163,14 +163,14 @@ def test_item_02_export_runs_and_summary_change_nothing(work: Path, invoke) -> N
 
     (run / "checkpoints" / "epoch-0001" / "state.json").write_text("{}")
     before = tree_digest(run)
-    assert_user_error(invoke(["export", "ro"], work), "no complete checkpoint")
+    assert_user_error(run_cli(["export", "ro"], work), "no complete checkpoint")
     assert tree_digest(run) == before
     assert not list((run / "checkpoints").glob("corrupt-*"))
 
 
 # --- 3. a corrupt checkpoint is never deleted ----------------------------------------------
 
-def test_item_03_corrupt_checkpoints_get_fresh_names(work: Path) -> None:
+def test_item_03_corrupt_checkpoints_get_fresh_names(work: Path, invoke) -> None:
     run = copy_run(work, "twice")
     checkpoints = run / "checkpoints"
     earlier = checkpoints / "corrupt-epoch-0002"
@@ -179,7 +179,7 @@ def test_item_03_corrupt_checkpoints_get_fresh_names(work: Path) -> None:
     arrays = checkpoints / "epoch-0002" / "arrays.params"
     truncated = arrays.read_bytes()[:5000]
     arrays.write_bytes(truncated)
-    assert_ok(run_cli(["resume", "twice"], work))
+    assert_ok(invoke(["resume", "twice"], work))
     assert (earlier / "note").read_text() == "an earlier corrupt copy"
     assert (checkpoints / "corrupt-epoch-0002-2" / "arrays.params").read_bytes() == truncated
     assert checkpoint.load(checkpoints).epoch == 2  # epoch 2 re-run and saved anew
@@ -380,8 +380,8 @@ def test_item_07_disk_full_stops_cleanly_and_resumes_exactly(work: Path, invoke,
 
 @needs_unshare
 def test_item_07_real_full_disk_on_a_tmpfs(work: Path, tmp_path: Path) -> None:
-    """The CLI on a 4 MB tmpfs filled to 300 kB: exit 2 and a clear message; after space is
-    freed the resume finishes."""
+    """The CLI on a 4 MB tmpfs filled to 300 kB: exit 2 and a clear message, status
+    interrupted, no temporaries (the exact resume afterwards is tested above)."""
     run = copy_run(work, "tmpfs")
     mount = tmp_path / "disk"
     mount.mkdir()
@@ -395,10 +395,6 @@ dd if=/dev/zero of={mount}/filler bs=1k count=$((avail - 300)) 2>/dev/null
 echo $? > {tmp_path}/rc1
 cp {mount}/r/run.json {tmp_path}/status1.json
 find {mount}/r -name '.*' ! -name .lock > {tmp_path}/leftovers
-rm {mount}/filler
-{sys.executable} -m lightnas_cli.cli resume {mount}/r --epochs 3 > /dev/null 2>{tmp_path}/err2
-echo $? > {tmp_path}/rc2
-cp {mount}/r/run.json {tmp_path}/status2.json
 """
     subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=REPO, env=cli_env(),
                    timeout=300, check=True)
@@ -407,8 +403,6 @@ cp {mount}/r/run.json {tmp_path}/status2.json
     assert_user_error(subprocess.CompletedProcess([], 2, "", err), "disk is full")
     assert json.loads((tmp_path / "status1.json").read_text())["status"] == "interrupted"
     assert (tmp_path / "leftovers").read_text() == ""
-    assert (tmp_path / "rc2").read_text().strip() == "0", (tmp_path / "err2").read_text()
-    assert json.loads((tmp_path / "status2.json").read_text())["status"] == "finished"
 
 
 # --- 8. file-system faults and oversized inputs ----------------------------------------------
