@@ -11,6 +11,7 @@ import sys
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 import functools  # noqa: E402
+import threading  # noqa: E402
 from enum import Enum  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import List, Optional  # noqa: E402
@@ -20,6 +21,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from lightnas_cli.errors import LightNASError  # noqa: E402
+from lightnas_cli.files import (describe_os_error, is_disk_full,  # noqa: E402
+                                is_environment_error)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hardware-aware neural architecture search on MXNet/Gluon.")
@@ -57,7 +60,6 @@ def user_errors(func):
             _print_error(str(exc))
             raise typer.Exit(2)
         except OSError as exc:
-            from lightnas_cli.files import describe_os_error, is_environment_error
             if not is_environment_error(exc):
                 raise
             _print_error(f"{describe_os_error(exc)}; check the path, its permissions and the "
@@ -192,7 +194,34 @@ def summary_command(
         summary_mod.render(result, _out)
 
 
+def _quiet_file_system_finalizers(unraisable) -> None:
+    """Buffered writers (mxboard's event file) fail again when they are collected at exit
+    after a full disk was reported: say nothing more; anything else as Python would."""
+    exc = unraisable.exc_value
+    if exc is not None and (is_environment_error(exc) or is_disk_full(exc)):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _file_system_errors_in_threads(args) -> None:
+    """A background writer (mxboard's event thread) meeting a full or read-only disk: one
+    warning line instead of a thread traceback; the run itself reports the fault."""
+    exc = args.exc_value
+    if isinstance(exc, OSError) and (is_environment_error(exc) or is_disk_full(exc)):
+        _err.print(f"warning: a background writer stopped: {describe_os_error(exc)}",
+                   markup=False, highlight=False, soft_wrap=True)
+        return
+    threading.__excepthook__(args)
+
+
+def install_fault_hooks() -> None:
+    """Process-wide: late file-system failures of buffered writers add no traceback."""
+    sys.unraisablehook = _quiet_file_system_finalizers
+    threading.excepthook = _file_system_errors_in_threads
+
+
 def main() -> None:
+    install_fault_hooks()
     app()
 
 

@@ -271,33 +271,47 @@ def _run_loop(run: RunDir, cfg: DictConfig, method, history: list[dict], start: 
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _mark(run: RunDir, status: str) -> None:
+def _mark(run: RunDir, status: str) -> bool:
     """Record how a run stopped, if the disk still lets us (a `running` run whose process is
-    gone shows as interrupted anyway)."""
+    gone shows as interrupted anyway); returns whether it was recorded."""
     try:
         run.update_status(status=status)
     except (OSError, RunError):
-        pass
+        return False
+    return True
 
 
 def _stopped_by_file_system(run: RunDir, exc: BaseException, done: int) -> None:
     """A full disk or another file-system fault stopped the run: mark it interrupted, remove
     the temporaries it left (so they do not keep the disk full), raise a user error."""
-    _mark(run, "interrupted")
     try:
         run.remove_temporaries()
     except OSError:
         pass
+    was_running = _status_of(run) == "running"
+    if not was_running:
+        state = "its status is unchanged"
+    elif _mark(run, "interrupted"):
+        state = "status interrupted"
+    else:
+        state = "`lightnas runs` shows it as interrupted"
     where = f"run {run.name!r} ({run.path})"
     if is_disk_full(exc):
         raise DiskFullError(f"the disk is full: no space left while writing {where}. It "
-                            f"stopped after epoch {done}, with its checkpoints intact (status "
-                            f"interrupted); free some space, then continue with "
+                            f"stopped after epoch {done}, with its checkpoints intact ({state}); "
+                            f"free some space, then continue with "
                             f"`lightnas resume {run.name}`") from None
     detail = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
     raise RunError(f"cannot write {where}: {detail}. It stopped after epoch {done}, with its "
-                   f"checkpoints intact (status interrupted); fix the folder's permissions, "
-                   f"then continue with `lightnas resume {run.name}`") from None
+                   f"checkpoints intact ({state}); fix the folder's permissions, then "
+                   f"continue with `lightnas resume {run.name}`") from None
+
+
+def _status_of(run: RunDir) -> str | None:
+    try:
+        return run.read_status().get("status")
+    except (OSError, RunError):
+        return None
 
 
 def _diverged_message(run: RunDir, cfg: DictConfig, epoch: int, exc: DivergedError) -> str:
