@@ -649,8 +649,8 @@ def test_item_11_values_out_of_range(tmp_path: Path, override: str, needle: str)
 
 
 def test_item_11_every_numeric_key_has_a_declared_range() -> None:
-    """Each int/float key of every registered method's schema declares bounds (so new
-    methods cannot forget)."""
+    """Each int/float key of every registered method's schema declares bounds or choices
+    (so new methods and sections cannot forget)."""
     import dataclasses
     import typing
 
@@ -668,7 +668,8 @@ def test_item_11_every_numeric_key_has_a_declared_range() -> None:
             args = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
             if any(a in (int, float) for a in args) or typing.get_origin(kind) in (list,) and \
                     any(a in (int, float) for a in typing.get_args(kind)):
-                if not any(spec.metadata.get(b) is not None for b in ("ge", "gt", "le", "lt")):
+                if not any(spec.metadata.get(b) is not None
+                           for b in ("ge", "gt", "le", "lt", "choices")):
                     missing.append(prefix + spec.name)
 
     for method in available_methods():
