@@ -462,7 +462,8 @@ def test_item_08_read_only_run_root_and_export_folder(work: Path, tmp_path: Path
     ro.mkdir()
     script = f"""
 mount -t tmpfs -o ro tmpfs {ro}
-{sys.executable} -m lightnas_cli.cli search -c {work / 'config.yml'} run.name=x run.root={ro}/runs 2>{tmp_path}/err1
+{sys.executable} -m lightnas_cli.cli search -c {work / 'config.yml'} run.name=x \\
+    run.root={ro}/runs 2>{tmp_path}/err1
 echo $? > {tmp_path}/rc1
 {sys.executable} -m lightnas_cli.cli export rofs --out {ro}/exported 2>{tmp_path}/err2
 echo $? > {tmp_path}/rc2
