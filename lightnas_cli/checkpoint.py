@@ -2,30 +2,39 @@
 
 A checkpoint is a folder `epoch-NNNN/` with `arrays.params` (mx.nd.save of a dict) and
 `state.json` (the JSON state plus the SHA-256 of the arrays file). It is written into a
-temporary folder and renamed into place; then the file `latest` is replaced atomically. A
-checkpoint whose files are missing, truncated or fail their checksum is skipped in favour of
-the previous complete one, and moved aside (never deleted) so nothing is lost.
+temporary folder and renamed into place; then the file `latest` is replaced atomically.
+
+Loading only reads: a checkpoint whose files are missing, truncated, fail their checksum or
+are not what a checkpoint holds is skipped in favour of the previous complete one and listed
+in `Checkpoint.skipped`. Only a command that goes on to write the run (resume) moves those
+aside, with `set_aside`, to a fresh `corrupt-epoch-NNNN[-K]` name: nothing that might be the
+only copy of an epoch is ever deleted or replaced.
 
 Also here: exact save/restore of a Gluon Trainer's optimizer state without `Trainer.save_states`
 (which pickles). See ENVIRONMENT.md for the MXNet 1.9.1 details this relies on.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
 from lightnas_cli.errors import CheckpointError
-from lightnas_cli.files import fsync_dir, sha256_file
+from lightnas_cli.files import atomic_write, free_bytes, fsync_dir, sha256_file, unused_name
 
 ARRAYS = "arrays.params"
 STATE = "state.json"
 LATEST = "latest"
+_EPOCH_NAME = re.compile(r"epoch-(\d+)")
 
 
 @dataclass
@@ -34,6 +43,8 @@ class Checkpoint:
     path: Path
     arrays: dict
     state: dict
+    #: Newer checkpoints that could not be used, as (epoch, why), newest first.
+    skipped: list = field(default_factory=list)
 
 
 def _name(epoch: int) -> str:
@@ -44,48 +55,81 @@ def save(directory: Path, epoch: int, arrays: dict, state: dict, keep: int,
          protect: tuple[int, ...] = ()) -> Path:
     """Write checkpoint `epoch` atomically, point `latest` at it, keep the newest `keep`.
 
-    Epochs in `protect` (e.g. the best one) survive pruning.
+    Epochs in `protect` (e.g. the best one) survive pruning. If writing fails (a full disk,
+    say) the staging folder is removed and earlier checkpoints are untouched.
     """
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / _name(epoch)
     tmp = directory / f".tmp-{_name(epoch)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    arrays_file = tmp / ARRAYS
-    mx.nd.save(str(arrays_file), {k: v.as_in_context(mx.cpu()) for k, v in arrays.items()})
-    with open(arrays_file, "rb") as handle:
-        os.fsync(handle.fileno())
-    record = {"epoch": epoch, "arrays_sha256": sha256_file(arrays_file), "state": state}
-    with open(tmp / STATE, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    fsync_dir(tmp)
-    if final.exists():
-        # Re-running an epoch after a resume: the old copy is superseded by an identical one.
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    latest_tmp = directory / f".{LATEST}.tmp-{os.getpid()}"
-    latest_tmp.write_text(_name(epoch) + "\n")
-    os.replace(latest_tmp, directory / LATEST)
+    try:
+        tmp.mkdir()
+        arrays_file = tmp / ARRAYS
+        _save_arrays(arrays_file, arrays)
+        record = {"epoch": epoch, "arrays_sha256": sha256_file(arrays_file), "state": state}
+        with open(tmp / STATE, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(tmp)
+        if os.path.lexists(final):
+            _replace_existing(directory, epoch)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write(directory / LATEST, _name(epoch) + "\n")
     fsync_dir(directory)
     _prune(directory, keep, protect + (epoch,))
     return final
 
 
-def complete_epochs(directory: Path) -> list[int]:
-    """Epochs with a checkpoint folder (complete or not), newest first."""
+def _save_arrays(path: Path, arrays: dict) -> None:
+    """mx.nd.save, fsynced; its failed writes become OSErrors (ENOSPC when the arrays no
+    longer fit on the disk), since MXNet reports them without an errno."""
+    cpu = {k: v.as_in_context(mx.cpu()) for k, v in arrays.items()}
+    try:
+        mx.nd.save(str(path), cpu)
+    except mx.base.MXNetError as exc:
+        needed = sum(v.size * np.dtype(v.dtype).itemsize for v in cpu.values())
+        full = free_bytes(path.parent) < needed
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      "No space left on device" if full else
+                      f"MXNet could not write the arrays ({str(exc).splitlines()[-1]})",
+                      str(path)) from None
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _replace_existing(directory: Path, epoch: int) -> None:
+    """Make room for a re-run epoch: a complete old copy is superseded by the new one (the
+    run is deterministic), anything else there is moved aside under a fresh name."""
+    final = directory / _name(epoch)
+    try:
+        _read(directory, epoch)
+    except CheckpointError:
+        os.replace(final, unused_name(directory / f"corrupt-{_name(epoch)}"))
+        return
+    shutil.rmtree(final)
+
+
+def epochs_present(directory: Path) -> list[int]:
+    """Epochs with an `epoch-NNNN` entry (complete or not, folder or not), newest first."""
     if not directory.is_dir():
         return []
-    epochs = []
+    epochs = set()
     for path in directory.iterdir():
-        if path.is_dir() and path.name.startswith("epoch-"):
-            try:
-                epochs.append(int(path.name.split("-", 1)[1]))
-            except ValueError:
-                continue
+        match = _EPOCH_NAME.fullmatch(path.name)
+        if match:
+            epochs.add(int(match.group(1)))
     return sorted(epochs, reverse=True)
+
+
+def complete_epochs(directory: Path) -> list[int]:
+    """Epochs with a checkpoint folder (complete or not), newest first."""
+    return [epoch for epoch in epochs_present(directory)
+            if (directory / _name(epoch)).is_dir()]
 
 
 def _prune(directory: Path, keep: int, protect: tuple[int, ...]) -> None:
@@ -94,60 +138,98 @@ def _prune(directory: Path, keep: int, protect: tuple[int, ...]) -> None:
             shutil.rmtree(directory / _name(epoch), ignore_errors=True)
 
 
-def _read(directory: Path, epoch: int) -> Checkpoint:
-    path = directory / _name(epoch)
-    state_file, arrays_file = path / STATE, path / ARRAYS
+def _read_record(state_file: Path) -> dict:
     try:
-        record = json.loads(state_file.read_text(encoding="utf-8"))
+        record = json.loads(state_file.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{state_file} is missing") from None
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{state_file} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{state_file} cannot be read ({exc.strerror})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("state"), dict) \
+            or not isinstance(record.get("arrays_sha256"), str):
+        raise CheckpointError(f"{state_file} is not a checkpoint record (it needs "
+                              f"'arrays_sha256' and a 'state' object)")
+    return record
+
+
+def _read(directory: Path, epoch: int) -> Checkpoint:
+    path = directory / _name(epoch)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a folder")
+    state_file, arrays_file = path / STATE, path / ARRAYS
+    record = _read_record(state_file)
     if not arrays_file.is_file():
         raise CheckpointError(f"{arrays_file} is missing")
-    if sha256_file(arrays_file) != record.get("arrays_sha256"):
+    if sha256_file(arrays_file) != record["arrays_sha256"]:
         raise CheckpointError(f"{arrays_file} is truncated or changed (checksum mismatch)")
     try:
         arrays = mx.nd.load(str(arrays_file))
     except mx.base.MXNetError as exc:
         raise CheckpointError(f"{arrays_file} cannot be read ({str(exc).splitlines()[0]})") from None
-    return Checkpoint(epoch=epoch, path=path, arrays=arrays, state=record.get("state", {}))
+    if not isinstance(arrays, dict):
+        raise CheckpointError(f"{arrays_file} holds a list of arrays, not named arrays")
+    return Checkpoint(epoch=epoch, path=path, arrays=arrays, state=record["state"])
 
 
-def load(directory: Path, epoch: int | None = None, warn=None) -> Checkpoint:
-    """Load checkpoint `epoch`, or the newest complete one when `epoch` is None.
+def load(directory: Path, epoch: int | None = None, warn: Callable[[str], None] | None = None,
+         check: Callable[[Checkpoint], None] | None = None) -> Checkpoint:
+    """Load checkpoint `epoch`, or the newest usable one when `epoch` is None. Reads only.
 
-    A newest checkpoint that fails to load is moved to `corrupt-epoch-NNNN/` and the previous
-    complete one is used; `warn(message)` says so. Raises CheckpointError if none is usable.
+    `check(checkpoint)` may raise CheckpointError to call a readable checkpoint unusable
+    (e.g. arrays that do not fit the run's model). Without `epoch`, an unusable newer one
+    is skipped, `warn(message)` says so, and it is listed in `skipped` (see `set_aside`).
+    Raises CheckpointError if none is usable.
     """
-    available = complete_epochs(directory)
+    available = epochs_present(directory)
     if epoch is not None:
         if epoch not in available:
             raise CheckpointError(
                 f"run has no checkpoint for epoch {epoch} in {directory}; available epochs: "
                 f"{sorted(available) or 'none'} (older ones are pruned: raise checkpoint.keep)")
-        return _read(directory, epoch)
-    problems = []
+        checkpoint = _read(directory, epoch)
+        if check is not None:
+            check(checkpoint)
+        return checkpoint
+    skipped: list[tuple[int, str]] = []
     for candidate in available:
         try:
             checkpoint = _read(directory, candidate)
+            if check is not None:
+                check(checkpoint)
         except CheckpointError as exc:
-            problems.append(str(exc))
-            aside = directory / f"corrupt-{_name(candidate)}"
-            if not aside.exists():
-                os.replace(directory / _name(candidate), aside)
-            if warn:
-                warn(f"checkpoint {_name(candidate)} is incomplete or corrupt ({exc}); moved it "
-                     f"to {aside.name} and falling back to the previous complete checkpoint")
+            skipped.append((candidate, str(exc)))
             continue
-        if problems:
-            latest_tmp = directory / f".{LATEST}.tmp-{os.getpid()}"
-            latest_tmp.write_text(_name(candidate) + "\n")
-            os.replace(latest_tmp, directory / LATEST)
+        checkpoint.skipped = skipped
+        for epoch, why in skipped if warn else ():
+            warn(f"checkpoint {_name(epoch)} is incomplete or corrupt ({why}); falling back "
+                 f"to {_name(candidate)}, the newest complete checkpoint")
         return checkpoint
-    detail = f" ({'; '.join(problems)})" if problems else ""
+    detail = f" ({'; '.join(why for _, why in skipped)})" if skipped else ""
     raise CheckpointError(f"no complete checkpoint in {directory}{detail}; the run cannot be "
                           f"resumed or exported - start a new run with `lightnas search`")
+
+
+def set_aside(directory: Path, checkpoint: Checkpoint,
+              warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Move the checkpoints `load` skipped to fresh `corrupt-epoch-NNNN[-K]` names (never
+    over an earlier one) and point `latest` at `checkpoint`. For commands that go on to write
+    the run; returns the new paths."""
+    moved = []
+    for epoch, _ in checkpoint.skipped:
+        source = directory / _name(epoch)
+        if not os.path.lexists(source):
+            continue
+        target = unused_name(directory / f"corrupt-{_name(epoch)}")
+        os.replace(source, target)
+        moved.append(target)
+        if warn:
+            warn(f"moved the unusable checkpoint {source.name} to {target.name}")
+    if moved:
+        atomic_write(directory / LATEST, _name(checkpoint.epoch) + "\n")
+        fsync_dir(directory)
+    return moved
 
 
 # --- Gluon Trainer state without pickle -----------------------------------------------------

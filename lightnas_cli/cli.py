@@ -11,6 +11,7 @@ import sys
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 import functools  # noqa: E402
+import threading  # noqa: E402
 from enum import Enum  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import List, Optional  # noqa: E402
@@ -20,6 +21,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from lightnas_cli.errors import LightNASError  # noqa: E402
+from lightnas_cli.files import (describe_os_error, is_disk_full,  # noqa: E402
+                                is_environment_error)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hardware-aware neural architecture search on MXNet/Gluon.")
@@ -41,15 +44,29 @@ def _check_python() -> None:
         raise typer.Exit(2)
 
 
+def _print_error(message: str) -> None:
+    """One `error:` line, whatever the message holds."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    _err.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def user_errors(func):
-    """Print LightNASError as `error: ...` and exit 2; Ctrl-C exits 130."""
+    """Print LightNASError - and an OSError the environment caused (disk full, permission
+    denied, read-only file system, name too long) - as one `error: ...` line and exit 2;
+    Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         _check_python()
         try:
             return func(*args, **kwargs)
         except LightNASError as exc:
-            _err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            _print_error(str(exc))
+            raise typer.Exit(2)
+        except OSError as exc:
+            if not is_environment_error(exc):
+                raise
+            _print_error(f"{describe_os_error(exc)}; check the path, its permissions and the "
+                         f"free space, then run the command again")
             raise typer.Exit(2)
         except KeyboardInterrupt:
             raise typer.Exit(130)
@@ -62,6 +79,8 @@ def search(config: Path = typer.Option(..., "-c", "--config", help="YAML config 
            overrides: Optional[List[str]] = typer.Argument(
                None, help="Dotlist overrides, e.g. train.epochs=3 run.name=try1")) -> None:
     """Start a new search run from a config file (plus key=value overrides)."""
+    from lightnas_cli.config import load_config
+    load_config(str(config), overrides or [])  # config errors at once, before MXNet loads
     from lightnas_cli import runner
     run = runner.start_search(str(config), overrides or [])
     _out.print(f"finished: {run.path}", markup=False)
@@ -82,6 +101,9 @@ def sweep(config: Path = typer.Option(..., "-c", "--config",
 @app.command()
 @user_errors
 def resume(run: str = typer.Argument(..., help="Run or sweep name (under trainings/) or folder."),
+           overrides: Optional[List[str]] = typer.Argument(
+               None, help="Training overrides, e.g. train.lr=0.001 after a divergence "
+                          "(not run/data/model/method/seed)."),
            epochs: Optional[int] = typer.Option(None, "--epochs",
                                                 help="New total number of epochs."),
            root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
@@ -89,12 +111,12 @@ def resume(run: str = typer.Argument(..., help="Run or sweep name (under trainin
     from lightnas_cli import runner, sweep as sweep_mod
     folder = sweep_mod.find_sweep(run, root)
     if folder is not None:
-        if epochs is not None:
-            raise LightNASError("--epochs applies to a run, not to a sweep; resume a trial "
-                                "(trainings/<sweep>/trial_<k>) to change its epochs")
+        if epochs is not None or overrides:
+            raise LightNASError("--epochs and overrides apply to a run, not to a sweep; resume "
+                                "a trial (trainings/<sweep>/trial_<k>) to change it")
         _out.print(f"finished: {sweep_mod.resume_sweep(folder)}", markup=False)
         return
-    result = runner.resume_search(run, epochs, root)
+    result = runner.resume_search(run, epochs, root, overrides=overrides or [])
     _out.print(f"finished: {result.path}", markup=False)
 
 
@@ -165,12 +187,19 @@ def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of 
     for column in ("name", "method", "model", "dataset", "status", "epochs", "best val acc",
                    "cost"):
         table.add_column(column, no_wrap=True)
+    from lightnas_cli.errors import RunError
     for run in found:
-        status = run.read_status()
+        try:
+            status = run.read_status()
+            state = run.effective_status()
+        except RunError as exc:  # one damaged run.json must not hide the other runs
+            _err.print(f"warning: {exc}", markup=False, highlight=False, soft_wrap=True)
+            table.add_row(run.name, "?", "?", "?", "unreadable", "?", "-", "-")
+            continue
         accuracy = status.get("best_val_accuracy")
         cost = status.get("cost")
         table.add_row(run.name, str(status.get("method", "?")), str(status.get("model", "?")),
-                      str(status.get("dataset", "?")), run.effective_status(),
+                      str(status.get("dataset", "?")), state,
                       f"{status.get('epoch', 0)}/{status.get('epochs', '?')}",
                       "-" if accuracy is None else f"{accuracy:.4f}",
                       "-" if cost is None else f"{cost:.4g} {status.get('cost_name', '')}")
@@ -269,7 +298,34 @@ def summary_command(
         summary_mod.render(result, _out)
 
 
+def _quiet_file_system_finalizers(unraisable) -> None:
+    """Buffered writers (mxboard's event file) fail again when they are collected at exit
+    after a full disk was reported: say nothing more; anything else as Python would."""
+    exc = unraisable.exc_value
+    if exc is not None and (is_environment_error(exc) or is_disk_full(exc)):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _file_system_errors_in_threads(args) -> None:
+    """A background writer (mxboard's event thread) meeting a full or read-only disk: one
+    warning line instead of a thread traceback; the run itself reports the fault."""
+    exc = args.exc_value
+    if isinstance(exc, OSError) and (is_environment_error(exc) or is_disk_full(exc)):
+        _err.print(f"warning: a background writer stopped: {describe_os_error(exc)}",
+                   markup=False, highlight=False, soft_wrap=True)
+        return
+    threading.__excepthook__(args)
+
+
+def install_fault_hooks() -> None:
+    """Process-wide: late file-system failures of buffered writers add no traceback."""
+    sys.unraisablehook = _quiet_file_system_finalizers
+    threading.excepthook = _file_system_errors_in_threads
+
+
 def main() -> None:
+    install_fault_hooks()
     app()
 
 

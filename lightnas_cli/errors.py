@@ -34,3 +34,11 @@ class ArchitectureError(LightNASError):
 class ExportError(LightNASError):
     """An export cannot be made or failed its check (a missing optional package, an operator
     the target format lacks, outputs that disagree with the network)."""
+
+
+class DiskFullError(RunError):
+    """The disk (or quota) filled up while a run was writing; free space, then resume."""
+
+
+class DivergedError(LightNASError):
+    """The training loss became NaN or infinite; the run stopped with its good epochs kept."""

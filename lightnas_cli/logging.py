@@ -166,12 +166,36 @@ class RunLogger:
             else:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 self.writer = writer_class(logdir=str(self.log_dir), verbose=False)
+                # mxboard's background thread writes the events; if it dies (a full disk), a
+                # bounded queue would block the next add forever and flush would wait forever.
+                # An unbounded queue and a liveness check before each use keep the run going to
+                # its own, clear error.
+                queue = getattr(self._event_writer(), "_event_queue", None)
+                if queue is not None:
+                    queue.maxsize = 0
 
     # -- TensorBoard -------------------------------------------------------------------------
 
+    def _event_writer(self) -> Any:
+        file_writer = getattr(self.writer, "_file_writer", None)
+        return getattr(file_writer, "_event_writer", None)
+
+    def _writer_usable(self) -> bool:
+        """Whether TensorBoard events can still be written; a writer whose background thread
+        died is dropped (without the flush or close that would wait on it), with one warning."""
+        if self.writer is None:
+            return False
+        worker = getattr(self._event_writer(), "_worker", None)
+        if worker is not None and not worker.is_alive():
+            self.writer = None
+            self.warn(f"TensorBoard logging stopped: the event writer for {self.log_dir} "
+                      f"failed (is the disk full?); the run goes on without it")
+            return False
+        return True
+
     def scalars(self, metrics: dict[str, Any], step: int, prefix: str = "") -> None:
         """One scalar per numeric metric, tagged "prefix/key"; other values are skipped."""
-        if self.writer is None:
+        if not self._writer_usable():
             return
         for key, value in metrics.items():
             if _is_number(value):
@@ -188,7 +212,7 @@ class RunLogger:
         `option_labels[r]` names row r's options.
         """
         image = probability_image(values, cell)
-        if self.writer is not None:
+        if self._writer_usable():
             self.writer.add_image(tag, image, global_step=step)
             self.text(f"{tag}/values", _matrix_markdown(values, row_labels, option_labels),
                       step)
@@ -196,7 +220,7 @@ class RunLogger:
 
     def image_file(self, tag: str, path: Path, step: int) -> None:
         """An image file (e.g. the architecture graph's PNG) as a TensorBoard image."""
-        if self.writer is None:
+        if not self._writer_usable():
             return
         from PIL import Image
         with Image.open(path) as picture:
@@ -210,18 +234,18 @@ class RunLogger:
         Written as our own summary: mxboard 0.1.0's `add_text` leaves the summary's tag empty
         (it sets `node_name`), which makes TensorBoard's text plugin fail with HTTP 500 under
         `--load_fast=false` (ENVIRONMENT.md)."""
-        if self.writer is not None:
+        if self._writer_usable():
             self.writer._file_writer.add_summary(_text_summary(tag, text), step)
 
     def flush(self) -> None:
         """Push pending events to disk (e.g. before a checkpoint, so logs match it)."""
-        if self.writer is not None:
+        if self._writer_usable():
             self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
+        if self._writer_usable():
             self.writer.close()
-            self.writer = None
+        self.writer = None
 
     def __enter__(self) -> "RunLogger":
         return self

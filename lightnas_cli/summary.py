@@ -13,6 +13,7 @@ per-layer column and total. A model is named as
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,11 @@ from lightnas_cli.errors import ArchitectureError, ConfigError, RunError
 #: Input shape and classes when none are given (ImageNet, as the papers' tables count).
 DEFAULT_INPUT_SHAPE = (3, 224, 224)
 DEFAULT_CLASSES = 1000
+#: Largest input a summary traces (values per sample: 3x4096x4096 fits; 3x8192x8192 already
+#: needs over 1 GB for one forward pass, and 3x100000x100000 would need 120 GB).
+MAX_INPUT_ELEMENTS = 1 << 26
+MAX_INPUT_DIMENSIONS = 4
+MAX_CLASSES = 100_000
 RUN_PREFIX = "run:"
 
 
@@ -106,9 +112,14 @@ def parse_input_shape(text: str | None) -> list[int] | None:
         shape = [int(p) for p in parts]
     except ValueError:
         shape = []
-    if not shape or any(v < 1 for v in shape):
+    if not shape or any(v < 1 for v in shape) or len(shape) > MAX_INPUT_DIMENSIONS:
         raise ConfigError(f"--input-shape {text!r} is not a list of positive integers; write "
                           f"it as C,H,W (e.g. 3,224,224) or C,L for 1-D models")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise ConfigError(f"--input-shape {text!r} is {math.prod(shape):,} values per sample, "
+                          f"more than a summary traces ({MAX_INPUT_ELEMENTS:,}, e.g. "
+                          f"3,4096,4096); costs grow with the area, so summarise a smaller "
+                          f"input and scale")
     return shape
 
 
@@ -141,6 +152,8 @@ def summarize_model(model: str, input_shape: Sequence[int] | None = None,
     ``name`` or ``name:key=value,...`` with the model's options, e.g. ``systolic:s1=32``)."""
     options = dict(options or {})
     cost_names = list(dict.fromkeys(cost_names))
+    if classes is not None and not 1 <= int(classes) <= MAX_CLASSES:
+        raise ConfigError(f"--classes must be between 1 and {MAX_CLASSES:,}, got {classes}")
     for name in cost_names:
         costs.cost_model_from_spec(name)  # a bad name or option fails before any model is built
     if model.startswith(RUN_PREFIX):

@@ -80,9 +80,12 @@ def test_run_dir_refuses_existing_name_and_locks(tmp_path: Path) -> None:
         RunDir.create(tmp_path, "a")
     run.update_status(status="running", pid=1)
     with run.lock():
-        assert (run.path / ".lock").is_file()
-    assert not (run.path / ".lock").exists()
-    (run.path / ".lock").write_text("999999")  # a lock left by a dead process is taken over
+        with pytest.raises(RunError, match="in use"):  # a second holder is refused
+            with run.lock():
+                pass
+    # The lock file stays (it is never deleted); a lock left by a dead process is free.
+    assert (run.path / ".lock").is_file()
+    (run.path / ".lock").write_text("999999")
     with run.lock():
         pass
 
@@ -110,9 +113,13 @@ def test_checkpoint_corrupt_newest_falls_back(tmp_path: Path) -> None:
     arrays.write_bytes(arrays.read_bytes()[:-7])
     warnings: list[str] = []
     loaded = checkpoint.load(tmp_path, warn=warnings.append)
-    assert loaded.epoch == 1
+    assert loaded.epoch == 1 and [epoch for epoch, _ in loaded.skipped] == [2]
     assert "epoch-0002" in warnings[0] and "checksum" in warnings[0]
-    assert (tmp_path / "corrupt-epoch-0002").is_dir()
+    # Loading only reads; a writer (resume) then moves the corrupt one aside.
+    assert (tmp_path / "epoch-0002").is_dir()
+    assert (tmp_path / "latest").read_text().strip() == "epoch-0002"
+    checkpoint.set_aside(tmp_path, loaded)
+    assert (tmp_path / "corrupt-epoch-0002").is_dir() and not (tmp_path / "epoch-0002").exists()
     assert (tmp_path / "latest").read_text().strip() == "epoch-0001"
 
 

@@ -91,7 +91,9 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path: Path) -> Non
     assert "lightnas resume stopped" in stderr and "Traceback" not in stderr
     status = json.loads((tmp_path / "trainings" / "stopped" / "run.json").read_text())
     assert status["status"] == "interrupted"
-    assert not (tmp_path / "trainings" / "stopped" / ".lock").exists()
+    from lightnas_cli.runs import RunDir
+    with RunDir(tmp_path / "trainings" / "stopped").lock():  # released, though the file stays
+        pass
     resumed = run_cli(["resume", "stopped", "--epochs", "2"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in _metrics(tmp_path / "trainings" / "stopped")] == [1, 2]

@@ -33,24 +33,53 @@ def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
     return field(default=default, metadata=metadata)
 
 
+#: Largest mock data set, in array elements over both splits (1 GiB of float32).
+MAX_MOCK_ELEMENTS = 1 << 28
+
+
 @dataclass
 class RunConfig:
-    # Run folder name under `root`. Default: <model>_<dataset>_<YYYYmmdd-HHMMSS>.
+    # Run folder name under `root`: ASCII letters, digits, '.', '_' and '-', not starting with
+    # '.' or '-', at most 100 characters. Default: <model>_<dataset>_<YYYYmmdd-HHMMSS>.
     name: Optional[str] = None
     # Folder that holds run folders.
     root: str = "trainings"
+
+    @staticmethod
+    def check(section: Any) -> None:
+        from lightnas_cli.runs import check_name
+        if section.name is not None:
+            check_name(section.name, "run.name")
+        if not str(section.root).strip():
+            from lightnas_cli.errors import ConfigError
+            raise ConfigError("'run.root' is empty; name the folder that holds runs, e.g. "
+                              "run.root=trainings")
 
 
 @dataclass
 class MockDataConfig:
     # Synthetic, class-separable images: one fixed random prototype per class plus noise.
-    num_classes: int = setting(10, ge=1)
+    num_classes: int = setting(10, ge=1, le=100_000)
     # Input shape as [channels, height, width] (or [channels, length] for 1-D models).
-    shape: List[int] = setting(factory=lambda: [3, 32, 32], ge=1)
-    num_train: int = setting(512, ge=1)
-    num_test: int = setting(128, ge=1)
+    shape: List[int] = setting(factory=lambda: [3, 32, 32], ge=1, le=4096)
+    num_train: int = setting(512, ge=1, le=1_000_000)
+    num_test: int = setting(128, ge=1, le=1_000_000)
     # Standard deviation of the per-sample noise relative to the prototypes (higher = harder).
-    noise: float = setting(1.0, ge=0)
+    noise: float = setting(1.0, ge=0, le=1e6)
+
+    @staticmethod
+    def check(section: Any) -> None:
+        from lightnas_cli.errors import ConfigError
+        if not 1 <= len(section.shape) <= 3:
+            raise ConfigError(f"'data.mock.shape' has {len(section.shape)} dimensions; give "
+                              f"[channels, height, width] or [channels, length]")
+        elements = section.num_train + section.num_test
+        for size in section.shape:
+            elements *= size
+        if elements > MAX_MOCK_ELEMENTS:
+            raise ConfigError(f"mock data of (data.mock.num_train + num_test) x shape = "
+                              f"{elements:,} values is more than {MAX_MOCK_ELEMENTS:,} (1 GiB); "
+                              f"use fewer samples or a smaller shape")
 
 
 @dataclass
@@ -76,7 +105,7 @@ class DataConfig:
     # CW | WC | HW | CHW | HWC (C channels, H/W height/width or length). Converted to CW / CHW.
     array_layout: str = setting("auto", choices=("auto", "W", "CW", "WC", "HW", "CHW", "HWC"))
     # Number of classes; null takes it from the data (folder names, or the largest label + 1).
-    classes: Optional[int] = setting(None, ge=1)
+    classes: Optional[int] = setting(None, ge=1, le=100000)
     # Percentage of the training set held out as the validation split (controller rewards,
     # validation metrics). 0 uses the test split for validation.
     eval_split_percentage: float = setting(20.0, ge=0, lt=100)
@@ -85,13 +114,13 @@ class DataConfig:
     test_split_percentage: float = setting(0.0, ge=0, lt=100)
     # Resize images to this side length (digits: 8 -> e.g. 32). null keeps the native size.
     # recordio / image_folder: required, the side of the square crops the network sees.
-    image_size: Optional[int] = setting(None, ge=1)
+    image_size: Optional[int] = setting(None, ge=1, le=4096)
     # recordio / image_folder: decode as 3 (RGB) or 1 (grey) channels.
     channels: int = setting(3, choices=(1, 3))
     # recordio / image_folder: shorter side the image is scaled to before a center crop of
     # image_size (validation, test, and training without augment) or a random crop
     # (train_crop=random). null = image_size. ImageNet habit: 256 for 224.
-    resize: Optional[int] = setting(None, ge=1)
+    resize: Optional[int] = setting(None, ge=1, le=8192)
     # Random crop (4-pixel zero padding) and horizontal flip on training batches
     # (recordio / image_folder: the crop chosen by train_crop, and the flip).
     augment: bool = False
@@ -102,14 +131,14 @@ class DataConfig:
     # random_resized: fraction of the image area a crop covers, [min, max].
     crop_area: List[float] = setting(factory=lambda: [0.08, 1.0], gt=0, le=1)
     # random_resized: aspect ratio (width / height) range of a crop, [min, max].
-    crop_ratio: List[float] = setting(factory=lambda: [0.75, 1.3333333], gt=0)
+    crop_ratio: List[float] = setting(factory=lambda: [0.75, 1.3333333], gt=0, le=100)
     # Horizontal flip is part of augmentation unless this is false (digits should not flip).
     flip: bool = True
     # Per-channel mean and standard deviation used to normalise inputs, in the data's units
     # (images: pixels scaled to [0, 1]; e.g. ImageNet [0.485, 0.456, 0.406] / [0.229, 0.224,
     # 0.225]). null = measured on the training split (streamed sets: its first 512 images).
-    mean: Optional[List[float]] = None
-    std: Optional[List[float]] = setting(None, gt=0)
+    mean: Optional[List[float]] = setting(None, ge=-1e6, le=1e6)
+    std: Optional[List[float]] = setting(None, gt=0, le=1e6)
     # recordio / image_folder, checked before a run starts: headers (every record's or file's
     # header: complete records, labels in range, a known image format) | decode (also decode
     # every image; slow on large sets) | none (only the index and the first batch).
@@ -117,7 +146,7 @@ class DataConfig:
     # Workers that prepare batches ahead (0 = in the training process). In-memory sets use
     # threads; recordio / image_folder use processes (decoding runs in parallel). Batches are
     # identical for any value.
-    num_workers: int = setting(0, ge=0)
+    num_workers: int = setting(0, ge=0, le=64)
     # Use only the first N training samples (after the validation split); null = all.
     limit_train: Optional[int] = setting(None, ge=1)
     mock: MockDataConfig = field(default_factory=MockDataConfig)
@@ -132,8 +161,8 @@ class ModelSection:
 
 @dataclass
 class TrainConfig:
-    epochs: int = setting(10, ge=1)
-    batch_size: int = setting(64, ge=1)
+    epochs: int = setting(10, ge=1, le=1_000_000)
+    batch_size: int = setting(64, ge=1, le=1_000_000)
     # Devices, data-parallel: [cpu] | [cpu:0, cpu:1] | [gpu:0, gpu:1] ...
     contexts: List[str] = field(default_factory=lambda: ["cpu"])
     # Optimizer of the network weights: sgd | nag | adam.
@@ -141,14 +170,14 @@ class TrainConfig:
     lr: float = setting(1e-3, gt=0)
     # Momentum of sgd and nag (adam ignores it).
     momentum: float = setting(0.9, ge=0, lt=1)
-    weight_decay: float = setting(0.0, ge=0)
+    weight_decay: float = setting(0.0, ge=0, lt=1)
     # Clip every gradient element to [-c, c] (MXNet's optimizer `clip_gradient`); null = off.
     clip_gradient: Optional[float] = setting(None, gt=0)
     # Learning-rate schedule over all epochs, per step: constant | cosine (to 0 at the end).
     lr_schedule: str = setting("cosine", choices=SCHEDULES)
     # Linear warm-up over the first N epochs (may be fractional): the rate rises from lr/steps
     # to lr, then the schedule takes over. 0 = none.
-    warmup_epochs: float = setting(0.0, ge=0)
+    warmup_epochs: float = setting(0.0, ge=0, le=1_000_000)
     # Hybridize (cache graphs of) every block that holds no searchable choice.
     hybridize: bool = True
 
@@ -165,7 +194,7 @@ class TrainConfig:
 @dataclass
 class CheckpointConfig:
     # Complete checkpoints to keep (newest first); the best epoch's is kept in addition.
-    keep: int = setting(3, ge=1)
+    keep: int = setting(3, ge=1, le=100_000)
 
 
 @dataclass
@@ -173,8 +202,14 @@ class ExportConfig:
     # Export the derived architecture after every epoch (always done at the end). Each export
     # is its own folder, exported_models/epoch-NNNN/.
     every_epoch: bool = False
-    # File prefix of exported models; null uses the base model name.
+    # File prefix of exported models (same rule as run.name); null uses the base model name.
     name: Optional[str] = None
+
+    @staticmethod
+    def check(section: Any) -> None:
+        from lightnas_cli.runs import check_name
+        if section.name is not None:
+            check_name(section.name, "export.name")
 
 
 @dataclass
@@ -182,7 +217,7 @@ class BaseConfig:
     # Search method; `lightnas config show` lists the registered ones on a typo.
     method: str = ""
     # One seed for everything; each epoch re-seeds from (seed, epoch) so resume is exact.
-    seed: int = 0
+    seed: int = setting(0, ge=0, le=2**32 - 1)
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     # Every method's schema replaces this with its own model section (it keeps `name`).

@@ -131,6 +131,10 @@ class SearchMethod(abc.ABC):
       when restored for export), `contexts`, `logger`, `input_shape`, `classes`, `model_name`
       (`config.model.name`) and `model_options` (from `model_options_from(config)`: the zoo
       constructor options its networks are built with, recorded in every Architecture).
+    The runner builds a method before the run folder exists (so the method's own checks of
+    the config refuse bad input before anything is created), with a console-only logger, and
+    sets `logger` to the run's logger when training starts: use `self.logger`, keep no other
+    reference to the first one, and raise `ConfigError` from `__init__` for a bad config.
     Class attributes a method may set:
       `name` (set by `register_method`), `console_hidden` (metric keys logged to TensorBoard
       and metrics.jsonl but left off the console's epoch line).

@@ -25,7 +25,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from lightnas_cli.checkpoint import load_trainer_state, trainer_state
-from lightnas_cli.errors import ConfigError
+from lightnas_cli.errors import ConfigError, DivergedError
 
 #: Optimizers a config may name (`train.optimizer`); momentum applies to the first two.
 OPTIMIZERS = ("sgd", "nag", "adam")
@@ -295,6 +295,8 @@ class EpochTrainer:
                 trainer.step(batch)
             self.global_step += 1
             loss, correct = totals.add(outputs, losses, shards)
+            if not math.isfinite(loss):  # stop before a NaN/inf model reaches a checkpoint
+                raise DivergedError(f"the {prefix} loss became {loss} at step {index + 1}")
             if after_step is not None:
                 after_step(BatchResult(index, batch, loss, correct))
             progress.update(batches=1, samples=batch, metrics=totals.shown())

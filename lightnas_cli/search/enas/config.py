@@ -22,9 +22,9 @@ class EnasModelConfig(ModelSection):
     # ResNet-E: width of the first stage (64 in the paper). ResNet V1/V2: stem width (64); the
     # stages are 1x-8x it (basic blocks) or 4x-32x (bottlenecks). MeliusNet: growth rate and stem
     # width (64 in the paper); transition widths scale with it. Smaller values make tiny nets.
-    base_channels: int = setting(64, ge=1)
+    base_channels: int = setting(64, ge=1, le=4096)
     # Gradient cancelling of the straight-through sign: gradient is zero where |x| > clip.
-    grad_cancel: float = setting(1.0, gt=0)
+    grad_cancel: float = setting(1.0, gt=0, le=1e6)
     # Scale binary weights per output channel: none | mean (mean |W|, as in XNOR-Net).
     weight_scaling: str = setting("none", choices=("none", "mean"))
     # Sign of binary activations: det_sign (straight-through gradient) | approx_sign (Bi-Real
@@ -45,7 +45,7 @@ class EnasConfig:
     # systolic:s1=32,s2=32,batch=1), the syntax of `lightnas summary --cost`.
     cost: str = "binary_memory"
     # Exponent w in reward = accuracy * (cost_target / cost) ** w; 0 turns the cost off.
-    cost_weight: float = setting(0.0, ge=0)
+    cost_weight: float = setting(0.0, ge=0, le=100)
     # null: halfway between the cheapest and the most expensive architecture of the space.
     cost_target: Optional[float] = setting(None, gt=0)
     # true: train the weights for the whole epoch first, then run all controller updates
@@ -64,18 +64,18 @@ class EnasConfig:
 @dataclass
 class ControllerConfig:
     # LSTM controller (Pham et al., ENAS, 2018): embedding and hidden size.
-    hidden_size: int = setting(100, ge=1)
+    hidden_size: int = setting(100, ge=1, le=4096)
     # Architectures sampled per controller update; the policy gradient sums over all of them.
-    batch_size: int = setting(8, ge=1)
+    batch_size: int = setting(8, ge=1, le=10_000)
     # Training steps of the supernet between controller updates (interleaved mode).
-    update_every: int = setting(20, ge=1)
+    update_every: int = setting(20, ge=1, le=1_000_000)
     # Controller updates after the epoch when enas.only_post_training_eval is true.
-    steps_after_epoch: int = setting(10, ge=1)
+    steps_after_epoch: int = setting(10, ge=1, le=1_000_000)
     lr: float = setting(3e-3, gt=0)
     # logits = tanh_constant * tanh(logits / temperature); null disables either.
-    temperature: Optional[float] = setting(5.0, gt=0)
-    tanh_constant: Optional[float] = setting(2.5, gt=0)
-    entropy_weight: float = setting(1e-4, ge=0)
+    temperature: Optional[float] = setting(5.0, gt=0, le=1e6)
+    tanh_constant: Optional[float] = setting(2.5, gt=0, le=1e6)
+    entropy_weight: float = setting(1e-4, ge=0, le=1e6)
     # Exponential moving average of the reward used as the REINFORCE baseline.
     baseline_decay: float = setting(0.95, ge=0, le=1)
 

@@ -49,16 +49,16 @@ class PitConfig:
     # ops cost specs).
     regularizer: str = setting("size", choices=regularizer_choices)
     # λ: loss = task loss + strength * regularizer.
-    strength: float = setting(0.1, ge=0)
+    strength: float = setting(0.1, ge=0, le=1e12)
     # Divide the regularizer by the unpruned network's cost, so `strength` is relative: 0.1
     # means "the whole network's cost weighs as much as 0.1 of task loss", whatever its size.
     # false uses the raw count (then strength must be tiny, e.g. 1e-7 for MACs).
     normalize: bool = True
     # First epochs train the weights only: masks frozen at 1 and no regularizer.
-    warmup_epochs: int = setting(0, ge=0)
+    warmup_epochs: int = setting(0, ge=0, le=1_000_000)
     # Last epochs train the weights of the pruned network: masks frozen, no regularizer.
     # The search runs in the epochs between (train.epochs - warmup - finetune of them).
-    finetune_epochs: int = setting(0, ge=0)
+    finetune_epochs: int = setting(0, ge=0, le=1_000_000)
     # Binarization threshold of the masks (PIT: 0.5).
     threshold: float = setting(0.5, gt=0, lt=1)
     # Search output channels (α), receptive fields (β) and dilations (γ); false freezes them.
