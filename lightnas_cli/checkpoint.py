@@ -286,6 +286,23 @@ def load_trainer_state(trainer: gluon.Trainer, prefix: str, arrays: dict, json_s
         trainer._init_kvstore()
     if trainer._params_to_init:
         trainer._init_params()
+    # A Trainer numbers its parameters in the order of their names. Every state (momentum,
+    # Adam's moments) has its parameter's shape: a state that does not fit the parameter now
+    # at its index was written for another parameter, which must not load silently.
+    for index_text, structure in json_state["layout"].items():
+        index = int(index_text)
+        if not 0 <= index < len(trainer._params):
+            raise CheckpointError(f"optimizer state {prefix}/{index} has no parameter here "
+                                  f"({len(trainer._params)} parameters): the checkpoint was "
+                                  f"written for another network")
+        wanted = tuple(trainer._params[index].shape)
+        for slot in range(_leaves(structure)):
+            found = tuple(arrays[f"{prefix}/{index}:{slot}"].shape)
+            if found != wanted:
+                raise CheckpointError(
+                    f"optimizer state {prefix}/{index}:{slot} has shape {found} but parameter "
+                    f"{trainer._params[index].name} has {wanted}: the checkpoint's optimizer "
+                    f"states belong to other parameters (another network or parameter order)")
     for updater, ctx in zip(trainer._updaters, trainer._contexts):
         for index_text, structure in json_state["layout"].items():
             index = int(index_text)

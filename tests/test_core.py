@@ -124,8 +124,12 @@ def test_checkpoint_corrupt_newest_falls_back(tmp_path: Path) -> None:
 
 
 def _toy_net(ctx):
-    net = gluon.nn.HybridSequential()
-    net.add(gluon.nn.Dense(8, activation="relu", in_units=5), gluon.nn.Dense(3, in_units=8))
+    # Children inside the parent's name scope get names relative to it ("toy_dense0_"), so two
+    # nets order their parameters alike (a Trainer numbers parameters by name) whatever was
+    # created before in the process.
+    net = gluon.nn.HybridSequential(prefix="toy_")
+    with net.name_scope():
+        net.add(gluon.nn.Dense(8, activation="relu", in_units=5), gluon.nn.Dense(3, in_units=8))
     net.initialize(mx.init.Xavier(), ctx=ctx)
     return net
 
@@ -173,6 +177,22 @@ def test_trainer_state_resumes_exactly(tmp_path: Path, optimizer, contexts) -> N
     steps(net_c, trainer_c, 5, 10)
     for pa, pc in zip(net_a.collect_params().values(), net_c.collect_params().values()):
         assert np.array_equal(pa.data(contexts[0]).asnumpy(), pc.data(contexts[0]).asnumpy())
+
+
+def test_optimizer_states_of_other_parameters_are_refused() -> None:
+    """States saved in one parameter order do not load into a trainer that numbers the
+    parameters differently (bias and weight of a layer have different shapes)."""
+    net = _toy_net([mx.cpu()])
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
+    with autograd.record():
+        loss = net(nd.ones((2, 5))).sum()
+    loss.backward()
+    trainer.step(2)
+    arrays, state = checkpoint.trainer_state(trainer, "opt")
+    reordered = gluon.Trainer(list(reversed(list(net.collect_params().values()))), "sgd",
+                              {"learning_rate": 0.1, "momentum": 0.9})
+    with pytest.raises(CheckpointError, match="belong to other parameters"):
+        checkpoint.load_trainer_state(reordered, "opt", arrays, state)
 
 
 # --- costs ---------------------------------------------------------------------------------

@@ -132,10 +132,19 @@ def test_packed_meliusnet22_size_is_the_summary_memory(tmp_path: Path) -> None:
 # --- TensorBoard ----------------------------------------------------------------------------------
 
 def _tags(logs: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    accumulator = EventAccumulator(str(logs), size_guidance={"images": 0, "tensors": 0})
-    accumulator.Reload()
-    return accumulator.Tags()
+    """TensorBoard's EventAccumulator on a log folder, in a process of its own: tensorboard's
+    protos and mxboard's define the same `tensorboard.*` messages, so once tensorboard is
+    imported, mxboard cannot be in that process (and the rest of the suite needs it)."""
+    script = ("import json, sys\n"
+              "from tensorboard.backend.event_processing.event_accumulator import "
+              "EventAccumulator\n"
+              "a = EventAccumulator(sys.argv[1], size_guidance={'images': 0, 'tensors': 0})\n"
+              "a.Reload()\n"
+              "print(json.dumps({k: v for k, v in a.Tags().items() if isinstance(v, list)}))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(logs)], env=cli_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_event_file_has_graphs_tables_config_and_test_metrics(runs: Path) -> None:
