@@ -219,8 +219,14 @@ def restore_method(run: RunDir, logger, epoch: int | None = None):
 
 def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("inference_only",
                "trainable"), out: Path | None = None, root: Path = Path("trainings"),
-               logger_factory=RunLogger) -> dict:
-    """Export a run's derived architecture at a checkpoint (`latest`, `best` or an epoch)."""
+               logger_factory=RunLogger, sample: int | None = None, seed: int = 0) -> dict:
+    """Export a run's derived architecture at a checkpoint (`latest`, `best` or an epoch).
+
+    With `sample=K`, export instead K architectures the method samples from its distribution
+    (`SearchMethod.sample_architectures`), each to `<out>/samples/seed-S/sample-KK/`; the
+    result's keys are then "sample-KK/<kind>"."""
+    if sample is not None and sample < 1:
+        raise ConfigError(f"--sample must be at least 1, got {sample}")
     run = RunDir.open(reference, root)
     cfg = config_mod.load_config(run.config_file)
     if epoch == "latest":
@@ -239,7 +245,16 @@ def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("i
                               f"its first epoch); resume or re-run it first")
     with logger_factory(run.logs, tensorboard=False) as logger:
         method, ckpt = restore_method(run, logger, wanted)
-        architecture = method.derive()
-        return export_architecture(method, architecture, Path(out) if out else run.exported,
-                                   export_name(cfg), ckpt.epoch, tuple(kinds))
+        target = Path(out) if out else run.exported
+        if sample is None:
+            return export_architecture(method, method.derive(), target, export_name(cfg),
+                                       ckpt.epoch, tuple(kinds))
+        written = {}
+        for index, architecture in enumerate(method.sample_architectures(sample, seed), 1):
+            folder = target / "samples" / f"seed-{seed}" / f"sample-{index:02d}"
+            for kind, paths in export_architecture(method, architecture, folder,
+                                                   export_name(cfg), ckpt.epoch,
+                                                   tuple(kinds)).items():
+                written[f"sample-{index:02d}/{kind}"] = paths
+        return written
 
