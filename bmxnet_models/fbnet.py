@@ -298,11 +298,14 @@ class MixedLayer(gluon.HybridBlock):
         outputs = [candidate(x) for candidate in self.candidates]
         if weights is None:
             return F.add_n(*outputs) / len(outputs)
-        mixed = []
-        for index, out in enumerate(outputs):
-            weight = F.slice_axis(weights, axis=1, begin=index, end=index + 1)
-            mixed.append(F.broadcast_mul(out, F.reshape(weight, shape=(-1, 1, 1, 1))))
-        return F.add_n(*mixed)
+        # One batched matrix product (batch, 1, n) x (batch, n, C·H·W): its backward is two
+        # GEMMs, 3-6x faster on CPU than n broadcast products whose weight gradients are
+        # generic reductions (benchmarks/fbnet_supernet.py).
+        stacked = F.concat(*[F.reshape(out, shape=(0, 1, -1)) for out in outputs], dim=1)
+        first = F.slice_axis(F.slice_axis(stacked, axis=1, begin=0, end=1), axis=2, begin=0,
+                             end=1)
+        rows = F.broadcast_add(F.reshape(weights, shape=(0, 1, -1)), first * 0)
+        return F.reshape_like(F.batch_dot(rows, stacked), outputs[0])
 
 
 class ChosenLayer(gluon.HybridBlock):

@@ -198,7 +198,10 @@ def latency_build(config: Path = typer.Option(..., "-c", "--config", help="YAML 
                   out: Optional[Path] = typer.Option(None, "--out",
                                                      help="Table file (default: the config's)."),
                   stat: str = typer.Option("median", "--stat",
-                                           help="median, or min (robust on a busy machine).")
+                                           help="median, or min (robust on a busy machine)."),
+                  rounds: int = typer.Option(3, "--rounds", min=1,
+                                             help="Passes over all entries the repeats are "
+                                                  "spread over.")
                   ) -> None:
     """Time every candidate of every searchable layer at its input shape; write the table."""
     from lightnas_cli.costs import latency_table as lt
@@ -208,7 +211,7 @@ def latency_build(config: Path = typer.Option(..., "-c", "--config", help="YAML 
     progress, update = _progress_bar("timing blocks")
     with progress:
         table = lt.build_table(space, ctx, device, batch=batch, repeats=repeats,
-                               statistic=stat, on_progress=update)
+                               statistic=stat, rounds=rounds, on_progress=update)
     path = lt.write_table(table, out or Path(space.default_table))
     extremes = lt.LatencyTable(table, str(path)).extremes()
     _out.print(f"wrote {path}: {sum(len(l['latency_ms']) for l in table['layers'])} candidate "
@@ -252,6 +255,10 @@ def latency_check(config: Path = typer.Option(..., "-c", "--config", help="YAML 
                   seed: int = typer.Option(0, "--seed", help="Seed of the random architectures."),
                   device: str = typer.Option("cpu", "--device", help="cpu, cpu:N or gpu:N."),
                   repeats: int = typer.Option(50, "--repeats", min=1, help="Timed runs each."),
+                  architecture: Optional[List[Path]] = typer.Option(
+                      None, "--architecture", help="Also measure this architecture JSON (e.g. a "
+                                                   "run's logs/architectures/epoch_N.json); "
+                                                   "repeatable."),
                   as_json: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:
     """Measure random whole networks; print predicted vs measured latency and the error."""
     import json
@@ -259,10 +266,11 @@ def latency_check(config: Path = typer.Option(..., "-c", "--config", help="YAML 
     from lightnas_cli.devices import parse_contexts
     cfg, space = lt.space_for_config(str(config), overrides or [])
     loaded = lt.LatencyTable.load(table or space.default_table)
+    given = [(path.name, lt.architecture_choices(path, space)) for path in architecture or []]
     progress, update = _progress_bar("timing networks")
     with progress:
         result = lt.check_table(space, loaded, parse_contexts([device])[0], samples, seed,
-                                repeats=repeats, on_progress=update)
+                                repeats=repeats, architectures=given, on_progress=update)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return

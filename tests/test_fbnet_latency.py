@@ -3,7 +3,6 @@ per-call overhead, refusing a table for other shapes or another space, the `late
 cost model, and the supernet's differentiable expected latency against a hand-computed sum."""
 from __future__ import annotations
 
-import json
 import math
 
 import mxnet as mx
@@ -54,11 +53,12 @@ def small_space(width: int = 4, size: int = 6) -> LatencySpace:
 
 @pytest.fixture(scope="module")
 def built() -> dict:
-    return build_table(small_space(), mx.cpu(), "cpu", repeats=3, warmup=1)
+    return build_table(small_space(), mx.cpu(), "cpu", repeats=4, warmup=1, rounds=2)
 
 
 def test_build_table_records_where_and_what(built) -> None:
-    assert built["device"] == "cpu" and built["batch"] == 1 and built["repeats"] == 3
+    assert built["device"] == "cpu" and built["batch"] == 1 and built["repeats"] == 4
+    assert built["rounds"] == 2
     assert built["mxnet"] == mx.__version__ and built["threads"] >= 1 and built["date"]
     assert [layer["name"] for layer in built["layers"]] == ["layers.0", "layers.1"]
     assert list(built["layers"][0]["latency_ms"]) == ["k1", "k3"]
@@ -73,11 +73,15 @@ def test_build_table_records_where_and_what(built) -> None:
         for candidate, value in layer["latency_ms"].items():
             assert value == pytest.approx(max(layer["raw_ms"][candidate] - overhead, 0.0))
     table = LatencyTable(built)
-    reference = built["reference"]
+    calibration = built["calibration"]
+    assert len(calibration) == 5 and calibration[0]["choices"] == ["k1", "k1"]
+    estimates = sorted(c["overhead_ms"] for c in calibration)
     if overhead != built["identity_call_ms"]:
-        # Calibrated on the reference network: its prediction is its measurement.
-        assert table.predict(["layers.0", "layers.1"], reference["choices"]) == pytest.approx(
-            reference["measured_ms"])
+        # The median of the networks' estimates; the network giving it is predicted exactly.
+        assert overhead == estimates[2]
+        network = next(c for c in calibration if c["overhead_ms"] == overhead)
+        assert table.predict(["layers.0", "layers.1"], network["choices"]) == pytest.approx(
+            network["measured_ms"])
 
 
 def test_written_table_loads_and_predicts_sums(built, tmp_path) -> None:

@@ -176,6 +176,8 @@ def test_sampling_follows_softmax_theta_and_is_seeded(shared) -> None:
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="warmup_epochs"):
         config_mod.load_config(None, OVERRIDES + ["fbnet.warmup_epochs=2"])
+    with pytest.raises(ConfigError, match=r"finetune_epochs \(1\) must be below"):
+        config_mod.load_config(None, OVERRIDES + ["fbnet.finetune_epochs=1"])
     with pytest.raises(ConfigError, match="eval_split_percentage"):
         config_mod.load_config(None, OVERRIDES + ["data.eval_split_percentage=0"])
     with pytest.raises(ConfigError, match="model.groups does not apply"):

@@ -32,7 +32,7 @@ import platform
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,7 +70,6 @@ class LatencySpace:
     make_block: Callable[[str, str], Any]
     make_network: Callable[[Sequence[str]], Any]
     default_table: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def entry_key(layer: str, candidate: str = "") -> str:
@@ -108,16 +107,11 @@ def device_name(ctx: Any) -> str:
 STATISTICS = ("median", "min")
 
 
-def measure_ms(block: Any, shape: Sequence[int], ctx: Any, repeats: int, warmup: int = 3,
-               statistic: str = "median") -> float:
-    """Latency in ms of `block` on one input of `shape` (batch included): hybridized with
-    static memory, `warmup` untimed runs, then `repeats` runs each ended by `wait_to_read`,
-    summarised by `statistic` (median or min)."""
+def _prepare(block: Any, shape: Sequence[int], ctx: Any, warmup: int) -> Callable[[], float]:
+    """Hybridize `block` with static memory on `ctx`, run it `warmup` times untimed; returns a
+    function timing one more run (ms, ended by `wait_to_read`)."""
     import mxnet as mx
 
-    if statistic not in STATISTICS:
-        raise ConfigError(f"unknown timing statistic {statistic!r}; one of "
-                          f"{', '.join(STATISTICS)}")
     params = block.collect_params()
     if params.keys():
         params.reset_ctx(ctx)
@@ -125,12 +119,55 @@ def measure_ms(block: Any, shape: Sequence[int], ctx: Any, repeats: int, warmup:
     x = mx.nd.random.uniform(shape=tuple(shape), ctx=ctx)
     for _ in range(max(1, warmup)):
         block(x).wait_to_read()
-    times = []
-    for _ in range(max(1, repeats)):
+
+    def run() -> float:
         started = time.perf_counter()
         block(x).wait_to_read()
-        times.append((time.perf_counter() - started) * 1e3)
+        return (time.perf_counter() - started) * 1e3
+    return run
+
+
+def _summary(times: Sequence[float], statistic: str) -> float:
+    if statistic not in STATISTICS:
+        raise ConfigError(f"unknown timing statistic {statistic!r}; one of "
+                          f"{', '.join(STATISTICS)}")
     return float(statistics.median(times) if statistic == "median" else min(times))
+
+
+def measure_ms(block: Any, shape: Sequence[int], ctx: Any, repeats: int, warmup: int = 3,
+               statistic: str = "median") -> float:
+    """Latency in ms of `block` on one input of `shape` (batch included): hybridized with
+    static memory, `warmup` untimed runs, then `repeats` runs each ended by `wait_to_read`,
+    summarised by `statistic` (median or min)."""
+    _summary([0.0], statistic)
+    run = _prepare(block, shape, ctx, warmup)
+    return _summary([run() for _ in range(max(1, repeats))], statistic)
+
+
+def measure_interleaved(items: Sequence[tuple[str, Callable[[], Any], Sequence[int]]], ctx: Any,
+                        repeats: int, warmup: int = 3, statistic: str = "median",
+                        rounds: int = 3,
+                        on_progress: Callable[[int, int, str], None] | None = None
+                        ) -> dict[str, float]:
+    """Latency in ms of each (key, make_block, shape): every block is built and warmed up
+    first, then `rounds` passes time each one in turn, `repeats` runs in all. A busy spell of
+    the machine then spreads over all entries instead of inflating a few."""
+    _summary([0.0], statistic)
+    runs = {}
+    total = len(items) + max(1, rounds)
+    for done, (key, make, shape) in enumerate(items, start=1):
+        runs[key] = _prepare(make(), shape, ctx, warmup)
+        if on_progress:
+            on_progress(done, total, key)
+    rounds = max(1, min(int(rounds), int(repeats)))
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for index in range(rounds):
+        share = repeats // rounds + (1 if index < repeats % rounds else 0)
+        for key, run in runs.items():
+            times[key].extend(run() for _ in range(share))
+        if on_progress:
+            on_progress(len(items) + index + 1, total, f"round {index + 1}/{rounds}")
+    return {key: _summary(values, statistic) for key, values in times.items()}
 
 
 def identity_block() -> Any:
@@ -150,42 +187,47 @@ def _threads() -> int:
 
 
 def build_table(space: LatencySpace, ctx: Any, device: str, batch: int = 1, repeats: int = 50,
-                warmup: int = 3, statistic: str = "median",
+                warmup: int = 3, statistic: str = "median", rounds: int = 3,
+                calibration: int = 4,
                 on_progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Time every entry of `space` on `ctx`; the table as a JSON-ready dict.
+    """Time every entry of `space` on `ctx` (`measure_interleaved`); the table as a
+    JSON-ready dict.
 
-    The per-call overhead subtracted from each entry (module docstring) is calibrated on one
-    reference network (the first candidate of every layer): (Σ its parts − the whole) /
-    (parts − 1), which makes the prediction of that network exact. If timing noise puts that
-    outside [0, the smallest entry], a hybridized identity's call time is used instead.
+    The per-call overhead subtracted from each entry (module docstring) is calibrated on
+    whole networks: the reference (the first candidate of every layer) and `calibration`
+    others drawn at random from each layer's first candidates but the last (no identity), each
+    giving (Σ its parts − the whole) / (parts − 1); the median is used. If timing noise puts it
+    outside [0, the smallest part of those networks], a hybridized identity's call time is used
+    instead.
     """
     import mxnet as mx
+    import numpy as np
 
-    def time_block(block: Any, shape: Sequence[int]) -> float:
-        return measure_ms(block, (batch, *shape), ctx, repeats, warmup, statistic)
-
-    entries = [(part, "") for part in space.fixed]
-    entries += [(layer, candidate) for layer in space.layers for candidate in layer.candidates]
-    total = len(entries) + 2
+    rng = np.random.RandomState(TABLE_FORMAT)
+    networks = [[layer.candidates[0] for layer in space.layers]]
+    networks += [[layer.candidates[rng.randint(max(len(layer.candidates) - 1, 1))]
+                  for layer in space.layers] for _ in range(max(0, calibration))]
     first_input = (space.fixed or space.layers)[0].input_shape
-    if on_progress:
-        on_progress(0, total, "call overhead")
-    identity = time_block(identity_block(), first_input)
-    raw: dict[str, float] = {}
-    for done, (layer, candidate) in enumerate(entries, start=1):
-        raw[entry_key(layer.name, candidate)] = time_block(
-            space.make_block(layer.name, candidate), layer.input_shape)
-        if on_progress:
-            on_progress(done, total, entry_key(layer.name, candidate))
-    reference = [layer.candidates[0] for layer in space.layers]
-    whole = time_block(space.make_network(reference), first_input)
-    if on_progress:
-        on_progress(total, total, "reference network")
-    parts = [entry_key(p.name) for p in space.fixed]
-    parts += [entry_key(layer.name, c) for layer, c in zip(space.layers, reference)]
-    calibrated = (sum(raw[key] for key in parts) - whole) / max(len(parts) - 1, 1)
-    overhead = calibrated if 0.0 <= calibrated <= min(raw.values()) else identity
-    first = parts[0]
+    items: list = [("overhead", identity_block, first_input)]
+    items += [(entry_key(part.name), lambda n=part.name: space.make_block(n, ""),
+               part.input_shape) for part in space.fixed]
+    items += [(entry_key(layer.name, c), lambda n=layer.name, c=c: space.make_block(n, c),
+               layer.input_shape) for layer in space.layers for c in layer.candidates]
+    items += [(f"network {i}", lambda choices=choices: space.make_network(choices),
+               first_input) for i, choices in enumerate(networks)]
+    raw = measure_interleaved([(key, make, (batch, *shape)) for key, make, shape in items], ctx,
+                              repeats, warmup, statistic, rounds, on_progress)
+    identity = raw.pop("overhead")
+    wholes = [raw.pop(f"network {i}") for i in range(len(networks))]
+    estimates, smallest = [], float("inf")
+    for choices, whole in zip(networks, wholes):
+        parts = [entry_key(p.name) for p in space.fixed]
+        parts += [entry_key(layer.name, c) for layer, c in zip(space.layers, choices)]
+        estimates.append((sum(raw[key] for key in parts) - whole) / max(len(parts) - 1, 1))
+        smallest = min(smallest, *(raw[key] for key in parts))
+    calibrated = float(np.median(estimates))
+    overhead = calibrated if 0.0 <= calibrated <= smallest else identity
+    first = entry_key(space.fixed[0].name) if space.fixed else None
 
     def net(key: str) -> float:
         return raw[key] if key == first else max(raw[key] - overhead, 0.0)
@@ -194,10 +236,12 @@ def build_table(space: LatencySpace, ctx: Any, device: str, batch: int = 1, repe
         "format": TABLE_FORMAT, "kind": TABLE_KIND, "space": space.signature,
         "device": device, "device_name": device_name(ctx), "threads": _threads(),
         "batch": int(batch), "repeats": int(repeats), "warmup": int(warmup),
-        "statistic": statistic, "mxnet": mx.__version__, "python": platform.python_version(),
+        "rounds": int(rounds), "statistic": statistic, "mxnet": mx.__version__,
+        "python": platform.python_version(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "overhead_ms": overhead, "identity_call_ms": identity,
-        "reference": {"choices": reference, "measured_ms": whole},
+        "calibration": [{"choices": c, "measured_ms": w, "overhead_ms": e}
+                        for c, w, e in zip(networks, wholes, estimates)],
         "fixed": [{"name": part.name, "input_shape": list(part.input_shape),
                    "output_shape": list(part.output_shape),
                    "latency_ms": net(entry_key(part.name)), "raw_ms": raw[entry_key(part.name)]}
@@ -309,8 +353,8 @@ class LatencyTable:
 
     def header(self) -> dict:
         """What the table was measured on, for `lightnas latency show`."""
-        keys = ("device", "device_name", "threads", "batch", "repeats", "statistic", "mxnet",
-                "date", "overhead_ms")
+        keys = ("device", "device_name", "threads", "batch", "repeats", "rounds", "statistic",
+                "mxnet", "date", "overhead_ms")
         return {"table": self.source, **{k: self.data.get(k) for k in keys},
                 "space": self.data.get("space")}
 
@@ -359,13 +403,35 @@ class LatencyTableCost(CostModel):
 
 # --- check: whole networks against the prediction -----------------------------------------------
 
+def architecture_choices(path: str | os.PathLike, space: LatencySpace) -> list[str]:
+    """The candidate per searchable layer of an architecture JSON file (its decisions'
+    values, one per layer, in order), checked against the space."""
+    source = str(path)
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{source}: not a readable architecture JSON ({exc})") from None
+    decisions = record.get("decisions", []) if isinstance(record, dict) else []
+    values = [d.get("value") for d in decisions if isinstance(d, dict)]
+    if len(values) != len(space.layers):
+        raise ConfigError(f"{source}: {len(values)} decisions, but the space has "
+                          f"{len(space.layers)} searchable layers")
+    for value, layer in zip(values, space.layers):
+        if value not in layer.candidates:
+            raise ConfigError(f"{source}: {value!r} is not a candidate of {layer.name} "
+                              f"({', '.join(layer.candidates)})")
+    return values
+
+
 def check_table(space: LatencySpace, table: LatencyTable, ctx: Any, samples: int, seed: int = 0,
                 repeats: int = 50, warmup: int = 3, batch: int | None = None,
-                statistic: str | None = None,
+                statistic: str | None = None, rounds: int | None = None,
+                architectures: Sequence[tuple[str, Sequence[str]]] = (),
                 on_progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Measure `samples` random networks (uniform choice per layer) and the space's fastest and
-    slowest networks as the table was measured (batch and statistic, unless given); compare
-    each with the table's prediction."""
+    """Measure `samples` random networks (uniform choice per layer), the space's fastest and
+    slowest networks and any given (label, choices), as the table was measured (batch and
+    statistic, unless given); compare each with the table's prediction. The error summary
+    covers the random samples."""
     import numpy as np
 
     table.check_space(space)
@@ -379,20 +445,21 @@ def check_table(space: LatencySpace, table: LatencyTable, ctx: Any, samples: int
         plans.append((label, [pick(layer.candidates,
                                    key=lambda c, n=layer.name: table.lookup(entry_key(n, c)))
                               for layer in space.layers]))
-    rows = []
+    plans += [(label, list(choices)) for label, choices in architectures]
     input_shape = (batch, *(space.fixed or space.layers)[0].input_shape)
-    for done, (label, choices) in enumerate(plans, start=1):
-        network = space.make_network(choices)
-        measured = measure_ms(network, input_shape, ctx, repeats, warmup, statistic)
-        predicted = table.predict(names, choices)
+    measured = measure_interleaved(
+        [(str(i), lambda c=choices: space.make_network(c), input_shape)
+         for i, (_, choices) in enumerate(plans)], ctx, repeats, warmup, statistic,
+        rounds if rounds is not None else int(table.data.get("rounds", 1)), on_progress)
+    rows = []
+    for index, (label, choices) in enumerate(plans):
+        predicted, real = table.predict(names, choices), measured[str(index)]
         rows.append({"kind": label, "choices": choices, "predicted_ms": predicted,
-                     "measured_ms": measured,
-                     "error_pct": 100.0 * (predicted - measured) / measured})
-        if on_progress:
-            on_progress(done, len(plans), label)
+                     "measured_ms": real, "error_pct": 100.0 * (predicted - real) / real})
     errors = [abs(r["error_pct"]) for r in rows if r["kind"] == "sample"]
     return {"table": table.source, "device": table.data.get("device"), "batch": batch,
             "repeats": repeats, "statistic": statistic, "samples": samples,
+            "device_name": device_name(ctx),
             "median_abs_error_pct": float(np.median(errors)) if errors else None,
             "worst_abs_error_pct": float(max(errors)) if errors else None,
             "rows": rows}

@@ -58,6 +58,12 @@ class FBNetModelConfig(ModelSection):
 class FBNetConfig:
     # Epochs that train the weights only, θ fixed at its initial value (the paper: 10).
     warmup_epochs: int = setting(10, ge=0)
+    # Last epochs that train the derived network alone (argmax θ, frozen), starting from the
+    # supernet's weights, with the train.* optimizer and schedule run again over these epochs:
+    # a supernet trained at τ ≈ 5 computes with the mixture of all its blocks, so one path
+    # alone is near chance until it is trained (the paper trains the sampled architectures
+    # from scratch afterwards). 0 = none.
+    finetune_epochs: int = setting(0, ge=0)
     # Loss of the architecture step: multiply (the paper: CE · α · log(LAT)^β) | add (seed
     # 003: CE + α · log(LAT)^β). LAT is the expected latency in ms under the Gumbel-softmax
     # weights; log(LAT) is taken as log(1 + LAT / latency_unit_ms) so it stays defined (and
@@ -106,10 +112,12 @@ class FBNetSearchConfig(BaseConfig):
 
     @staticmethod
     def check(cfg: Any) -> None:
-        if cfg.fbnet.warmup_epochs >= cfg.train.epochs:
-            raise ConfigError(f"fbnet.warmup_epochs ({cfg.fbnet.warmup_epochs}) must be below "
-                              f"train.epochs ({cfg.train.epochs}): θ is searched in the epochs "
-                              f"after the warm-up")
+        phases = cfg.fbnet.warmup_epochs + cfg.fbnet.finetune_epochs
+        if phases >= cfg.train.epochs:
+            raise ConfigError(f"fbnet.warmup_epochs ({cfg.fbnet.warmup_epochs}) + "
+                              f"fbnet.finetune_epochs ({cfg.fbnet.finetune_epochs}) must be "
+                              f"below train.epochs ({cfg.train.epochs}): θ is searched in the "
+                              f"epochs between them")
         if cfg.data.eval_split_percentage <= 0:
             raise ConfigError("fbnet trains θ on a held-out validation split: set "
                               "data.eval_split_percentage above 0 (the paper: 20)")

@@ -17,21 +17,28 @@ weights m = softmax((θ + g)/τ) (`search/relaxation.py`). Per epoch:
    up to it, which would stop the latency pressure on exactly the small networks a CPU runs
    in under a millisecond; above ~20 ms the two differ by less than 2%.
 
+3. in the last `fbnet.finetune_epochs` epochs the derived network (argmax θ, now frozen)
+   trains alone from the supernet's weights (the `train.*` schedule runs again over these
+   epochs), and hands its weights back to the supernet after each epoch.
+
 τ starts at `relaxation.initial_temperature` and is multiplied by exp(-temperature_decay)
 after each search epoch (warm-up epochs keep the initial τ). `derive()` takes argmax θ per
 layer; `sample_architectures` draws from softmax(θ) (`lightnas export --sample`). Validation
-and test metrics are those of the derived network.
+and test metrics are those of the derived network, its BatchNorm statistics re-estimated
+first (`fbnet.bn_recalibration_batches`).
 """
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
+from omegaconf import OmegaConf
 
 import bmxnet_models
 from bmxnet_models.fbnet import margin_logits
 from lightnas_cli import costs
-from lightnas_cli.checkpoint import load_trainer_state, trainer_state
 from lightnas_cli.costs.latency_table import LatencyTable, entry_key
 from lightnas_cli.errors import ArchitectureError, ConfigError
 from lightnas_cli.search.base import Architecture, Decision, SearchMethod
@@ -39,8 +46,9 @@ from lightnas_cli.search.fbnet import space as fbnet_space
 from lightnas_cli.search.fbnet.supernet import FBNetSupernet
 from lightnas_cli.search.relaxation import temperature_at
 from lightnas_cli.search.training import (ClassificationTask, EpochTrainer, LearningRateSchedule,
-                                          evaluate, make_trainer, structural_params,
-                                          weight_trainer)
+                                          evaluate, make_trainer, schedule_from_config,
+                                          structural_params, weight_trainer,
+                                          weight_trainer_from_config)
 from lightnas_cli.seeding import derive_seed, seed_everything
 
 
@@ -79,7 +87,6 @@ class FBNetSearch(SearchMethod):
         net = bmxnet_models.get_model(self.model_name, prefix=f"{self.model_name}_",
                                       **self.model_options)
         self.specs = list(net.specs)
-        self.layer_names = [spec.name for spec in self.specs]
         shapes = {layer.name: layer for layer in space.layers + space.fixed}
 
         def block(name: str, candidate: str = "") -> costs.Layer:
@@ -112,6 +119,8 @@ class FBNetSearch(SearchMethod):
                          weight_decay=float(self.fb.arch_weight_decay), momentum=momentum),
             contexts, self.task, lambda steps: LearningRateSchedule(arch_lr, "constant"))
         self._latency: dict = {}
+        # (derived network, its EpochTrainer, chosen indices) once fine-tuning has begun.
+        self._finetune: tuple | None = None
 
     def model_options_from(self, config) -> dict:
         return fbnet_space.zoo_options(config, self.input_shape, self.classes)
@@ -157,9 +166,20 @@ class FBNetSearch(SearchMethod):
             return initial
         return temperature_at(epoch - warm, initial, float(self.relaxation.temperature_decay))
 
+    def phase(self, epoch: int) -> str:
+        """warmup | search | finetune for a (1-based) epoch."""
+        if epoch <= int(self.fb.warmup_epochs):
+            return "warmup"
+        if epoch > int(self.config.train.epochs) - int(self.fb.finetune_epochs):
+            return "finetune"
+        return "search"
+
     def train_epoch(self, epoch: int) -> dict:
         config = self.config
-        searching = epoch > int(self.fb.warmup_epochs)
+        phase = self.phase(epoch)
+        if phase == "finetune":
+            return self._finetune_epoch(epoch)
+        searching = phase == "search"
         tau = self.tau = self.temperature(epoch)
         loader, val = self.data.train, self.data.val
         loader.set_epoch(config.seed, epoch)
@@ -175,6 +195,50 @@ class FBNetSearch(SearchMethod):
         metrics["temperature"] = tau
         metrics["expected_latency_ms"] = self.expected_latency()
         return metrics
+
+    def _finetune_epoch(self, epoch: int) -> dict:
+        """One epoch of the derived network alone; its weights go back into the supernet."""
+        if self._finetune is None:
+            self._start_finetune()
+        net, trainer, chosen = self._finetune
+        loader = self.data.train
+        loader.set_epoch(self.config.seed, epoch)
+        with self.logger.epoch_progress(epoch, self.config.train.epochs, len(loader),
+                                        self.config.train.batch_size) as progress:
+            metrics = trainer.train_epoch(net, loader, progress)
+        self._hand_back(net, chosen)
+        metrics["phase"] = "finetune"
+        metrics["expected_latency_ms"] = self.expected_latency()
+        return metrics
+
+    def _start_finetune(self, global_step: int = 0) -> None:
+        """The derived network and its own Trainer, whose schedule (`train.*`: the same
+        optimizer, rate, schedule and warm-up) runs again over the fine-tuning epochs: the
+        weights' own schedule is near its end by then."""
+        architecture = self.derive()
+        chosen = self._choices(architecture)
+        net = self.build(architecture)
+        net.collect_params().reset_ctx(self.contexts)
+        if self.config.train.hybridize:
+            net.hybridize()
+        train = self.config.train
+        epochs = int(self.fb.finetune_epochs)
+        warmup = min(float(train.warmup_epochs), max(epochs - 1, 0))
+        trainer = EpochTrainer(
+            weight_trainer_from_config(net.collect_params(), train, self.contexts),
+            self.contexts, self.task,
+            lambda steps: schedule_from_config(SimpleNamespace(
+                **{**OmegaConf.to_container(train), "epochs": epochs, "warmup_epochs": warmup}),
+                steps))
+        trainer.global_step = int(global_step)
+        self._finetune = (net, trainer, chosen)
+
+    def _hand_back(self, net: gluon.HybridBlock, chosen: list[int]) -> None:
+        """Copy a derived network's parameters (running statistics included) into the
+        supernet, so checkpoints, `build` and exports carry them."""
+        source = structural_params(self.supernet.net)
+        for path, param in structural_params(net).items():
+            source[self._supernet_path(path, chosen)].set_data(param._reduce())
 
     def _search_theta(self, val, progress) -> dict:
         """One pass of θ's optimizer over the validation split."""
@@ -203,8 +267,9 @@ class FBNetSearch(SearchMethod):
         loader = getattr(self.data, split, None)
         if loader is None:
             raise ConfigError(f"data set has no {split!r} split")
-        net = self.build(self.derive())
-        self._recalibrate(net, self._choices(self.derive()))
+        architecture = self.derive()
+        net = self.build(architecture)
+        self._recalibrate(net, self._choices(architecture))
         net.collect_params().reset_ctx(self.contexts)
         net.hybridize()
         return evaluate(net, loader, self.task, self.contexts, split)
@@ -212,7 +277,9 @@ class FBNetSearch(SearchMethod):
     def _recalibrate(self, net: gluon.HybridBlock, chosen: list[int]) -> None:
         """Re-estimate the derived network's BatchNorm statistics on training batches (the
         average over `fbnet.bn_recalibration_batches` batches) and keep them in the supernet,
-        whose own training never reads running statistics."""
+        whose own training never reads running statistics. (Training, in the supernet or
+        fine-tuning, uses batch statistics only, so this changes no weight: a resumed run
+        matches the uninterrupted one.)"""
         batches = int(self.fb.bn_recalibration_batches)
         loader = self.data.train
         if not batches or loader is None:
@@ -245,7 +312,7 @@ class FBNetSearch(SearchMethod):
         source = structural_params(self.supernet.net)
         for path, param in structural_params(net).items():
             if path.endswith(("running_mean", "running_var")):
-                source[self._supernet_path(path, chosen)].set_data(param.data())
+                source[self._supernet_path(path, chosen)].set_data(param._reduce())
 
     @staticmethod
     def _supernet_path(path: str, chosen: list[int]) -> str:
@@ -301,7 +368,8 @@ class FBNetSearch(SearchMethod):
 
     def describe(self, architecture: Architecture) -> dict[str, str]:
         return {"blocks": " ".join(str(d.value) for d in architecture.decisions),
-                "predicted_latency_ms": f"{architecture.costs.get('latency_ms', 0.0):.4f}"}
+                "latency": f"{architecture.costs.get('latency_ms', 0.0):.4f} ms predicted by "
+                           f"{architecture.costs.get('latency_table', 'the table')}"}
 
     def _choices(self, architecture: Architecture) -> list[int]:
         self.check_architecture(architecture)
@@ -348,10 +416,16 @@ class FBNetSearch(SearchMethod):
         arch_arrays, arch_state = self.arch.state("arch_opt")
         arrays.update(weight_arrays)
         arrays.update(arch_arrays)
-        return arrays, {"global_step": self.weights.global_step,
-                        "arch_step": self.arch.global_step, "weights_opt": weight_state,
-                        "arch_opt": arch_state, "layers": len(self.specs),
-                        "candidates": [len(spec.candidates) for spec in self.specs]}
+        json_state = {"global_step": self.weights.global_step,
+                      "arch_step": self.arch.global_step, "weights_opt": weight_state,
+                      "arch_opt": arch_state, "layers": len(self.specs),
+                      "candidates": [len(spec.candidates) for spec in self.specs]}
+        if self._finetune is not None:
+            _, trainer, _ = self._finetune
+            finetune_arrays, finetune_state = trainer.state("finetune_opt")
+            arrays.update(finetune_arrays)
+            json_state.update(finetune_opt=finetune_state, finetune_step=trainer.global_step)
+        return arrays, json_state
 
     def load_state(self, arrays: dict, json_state: dict) -> None:
         if json_state.get("candidates") != [len(spec.candidates) for spec in self.specs]:
@@ -367,3 +441,10 @@ class FBNetSearch(SearchMethod):
         self.weights.load_state("weights_opt", arrays, json_state["weights_opt"],
                                 json_state["global_step"])
         self.arch.load_state("arch_opt", arrays, json_state["arch_opt"], json_state["arch_step"])
+        self._finetune = None
+        if "finetune_opt" in json_state:
+            # The derived network is rebuilt from the supernet (its weights were handed back).
+            self._start_finetune(json_state["finetune_step"])
+            _, trainer, _ = self._finetune
+            trainer.load_state("finetune_opt", arrays, json_state["finetune_opt"],
+                               json_state["finetune_step"])
