@@ -135,6 +135,9 @@ def test_cost_model_prices_blocks_from_the_table(built, tmp_path) -> None:
         model(conv)
     with pytest.raises(ConfigError, match="needs a table"):
         costs.get_cost_model("latency_table")
+    # Config keys that name a cost model alone (enas.cost, pit.regularizer) do not offer it.
+    assert "latency_table" not in costs.available_cost_models()
+    assert "latency_table" in costs.available_cost_models(with_options=True)
     with pytest.raises(ConfigError, match="lightnas latency build"):
         costs.get_cost_model("latency_table", table=str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError, match="no entry 'layers.1:k5'"):

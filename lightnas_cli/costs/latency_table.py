@@ -384,6 +384,7 @@ class LatencyTableCost(CostModel):
     name = "latency_table"
     unit = "ms"
     description = "measured latency of whole candidate blocks from a table (lightnas latency)"
+    needs_options = True
 
     def __init__(self, table: Any = None, **options: Any) -> None:
         super().__init__(**options)
