@@ -123,6 +123,10 @@ for _size in sorted(_meliusnet.MELIUSNET_SPEC):
 register_family("meliusnet_custom", _meliusnet.meliusnet_custom, "<DIST string>")
 from bmxnet_models import tinyml as _tinyml  # noqa: E402,F401  (MLPerf Tiny nets register themselves)
 from bmxnet_models import lenet as _lenet  # noqa: E402,F401  (lenet, plain_stack register themselves)
+from bmxnet_models import fbnet as _fbnet  # noqa: E402
+
+register_model("fbnet")(_fbnet.FBNet)
+register_model("fbnet_se")(_fbnet.FBNetSE)
 
 __all__ = ["get_model", "get_model_factory", "model_options", "register_model",
            "register_family", "available_models"]

@@ -31,6 +31,10 @@ app.add_typer(config_app, name="config")
 data_app = typer.Typer(no_args_is_help=True,
                        help="Check a config's data; pack images into RecordIO.")
 app.add_typer(data_app, name="data")
+latency_app = typer.Typer(no_args_is_help=True,
+                          help="Measured latency tables: one entry per searchable layer and "
+                               "candidate block.")
+app.add_typer(latency_app, name="latency")
 
 _err = Console(stderr=True)
 _out = Console(soft_wrap=True)
@@ -159,13 +163,19 @@ def export(run: str = typer.Argument(..., help="Run name (under trainings/) or r
                     "checked with onnx.checker and ONNX's reference evaluator."),
            out: Optional[Path] = typer.Option(None, "--out",
                                               help="Folder (default: the run's exported_models/)."),
-           root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
+           root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs."),
+           sample: Optional[int] = typer.Option(
+               None, "--sample", help="Export K architectures sampled from the search's "
+                                      "distribution instead of the derived one, each in "
+                                      "<out>/samples/seed-S/sample-KK/."),
+           seed: int = typer.Option(0, "--seed", help="Seed of --sample.")) -> None:
     """Export the derived architecture of a checkpoint as symbol JSON + params."""
     from lightnas_cli import runner
     from lightnas_cli.export import DEFAULT_KINDS, KINDS
     kinds = {ExportKind.both: DEFAULT_KINDS, ExportKind.all: KINDS}.get(kind, (kind.value,))
     formats = () if export_format == ExportFormat.mxnet else (export_format.value,)
-    written = runner.export_run(run, epoch, kinds, out, root, formats=formats)
+    written = runner.export_run(run, epoch, kinds, out, root, formats=formats, sample=sample,
+                                seed=seed)
     for name, paths in written.items():
         files = ", ".join(path.name for key, path in paths.items()
                           if key not in ("folder", "architecture"))
@@ -322,6 +332,120 @@ def install_fault_hooks() -> None:
     """Process-wide: late file-system failures of buffered writers add no traceback."""
     sys.unraisablehook = _quiet_file_system_finalizers
     threading.excepthook = _file_system_errors_in_threads
+
+
+def _progress_bar(description: str):
+    """A transient progress bar on stderr; returns (context, update(done, total, label))."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[label]}"), console=_err,
+                        transient=True)
+    task = progress.add_task(description, total=None, label="")
+
+    def update(done: int, total: int, label: str) -> None:
+        progress.update(task, completed=done, total=total, label=label)
+    return progress, update
+
+
+@latency_app.command("build")
+@user_errors
+def latency_build(config: Path = typer.Option(..., "-c", "--config", help="YAML config file."),
+                  overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
+                  device: str = typer.Option("cpu", "--device", help="cpu, cpu:N or gpu:N."),
+                  batch: int = typer.Option(1, "--batch", min=1, help="Batch size timed."),
+                  repeats: int = typer.Option(50, "--repeats", min=1,
+                                              help="Timed runs per entry (the median is kept)."),
+                  out: Optional[Path] = typer.Option(None, "--out",
+                                                     help="Table file (default: the config's)."),
+                  stat: str = typer.Option("median", "--stat",
+                                           help="median, or min (robust on a busy machine)."),
+                  rounds: int = typer.Option(3, "--rounds", min=1,
+                                             help="Passes over all entries the repeats are "
+                                                  "spread over.")
+                  ) -> None:
+    """Time every candidate of every searchable layer at its input shape; write the table."""
+    from lightnas_cli.costs import latency_table as lt
+    from lightnas_cli.devices import parse_contexts
+    cfg, space = lt.space_for_config(str(config), overrides or [])
+    ctx = parse_contexts([device])[0]
+    progress, update = _progress_bar("timing blocks")
+    with progress:
+        table = lt.build_table(space, ctx, device, batch=batch, repeats=repeats,
+                               statistic=stat, rounds=rounds, on_progress=update)
+    path = lt.write_table(table, out or Path(space.default_table))
+    extremes = lt.LatencyTable(table, str(path)).extremes()
+    _out.print(f"wrote {path}: {sum(len(l['latency_ms']) for l in table['layers'])} candidate "
+               f"entries in {len(table['layers'])} layers on {table['device_name']} "
+               f"({table['threads']} threads); networks predicted "
+               f"{extremes['fastest_ms']:.3f}-{extremes['slowest_ms']:.3f} ms", markup=False)
+
+
+@latency_app.command("show")
+@user_errors
+def latency_show(table: Path = typer.Argument(..., help="Table file (JSON)."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the JSON.")) -> None:
+    """Print a latency table: where it was measured, and ms per layer and candidate."""
+    import json
+    from lightnas_cli.costs.latency_table import LatencyTable
+    loaded = LatencyTable.load(table)
+    if as_json:
+        typer.echo(json.dumps(loaded.data, indent=1))
+        return
+    for key, value in {**loaded.header(), **loaded.extremes()}.items():
+        _out.print(f"{key}: {value}", markup=False)
+    candidates = list(dict.fromkeys(c for _, row in loaded.layers for c in row))
+    grid = Table(box=None, pad_edge=False)
+    for column in ["layer", *candidates]:
+        grid.add_column(column, no_wrap=True, justify="left" if column == "layer" else "right")
+    for name, ms in loaded.fixed.items():
+        grid.add_row(name, *[f"{ms:.4f}" if i == 0 else "" for i in range(len(candidates))])
+    for name, row in loaded.layers:
+        grid.add_row(name, *[f"{row[c]:.4f}" if c in row else "-" for c in candidates])
+    (_out if _out.is_terminal else Console(width=250)).print(grid)
+
+
+@latency_app.command("check")
+@user_errors
+def latency_check(config: Path = typer.Option(..., "-c", "--config", help="YAML config file."),
+                  overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
+                  table: Optional[Path] = typer.Option(None, "--table",
+                                                       help="Table file (default: the config's)."),
+                  samples: int = typer.Option(10, "--samples", min=1,
+                                              help="Random architectures measured."),
+                  seed: int = typer.Option(0, "--seed", help="Seed of the random architectures."),
+                  device: str = typer.Option("cpu", "--device", help="cpu, cpu:N or gpu:N."),
+                  repeats: int = typer.Option(50, "--repeats", min=1, help="Timed runs each."),
+                  architecture: Optional[List[Path]] = typer.Option(
+                      None, "--architecture", help="Also measure this architecture JSON (e.g. a "
+                                                   "run's logs/architectures/epoch_N.json); "
+                                                   "repeatable."),
+                  as_json: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:
+    """Measure random whole networks; print predicted vs measured latency and the error."""
+    import json
+    from lightnas_cli.costs import latency_table as lt
+    from lightnas_cli.devices import parse_contexts
+    cfg, space = lt.space_for_config(str(config), overrides or [])
+    loaded = lt.LatencyTable.load(table or space.default_table)
+    given = [(path.name, lt.architecture_choices(path, space)) for path in architecture or []]
+    progress, update = _progress_bar("timing networks")
+    with progress:
+        result = lt.check_table(space, loaded, parse_contexts([device])[0], samples, seed,
+                                repeats=repeats, architectures=given, on_progress=update)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    grid = Table(box=None, pad_edge=False)
+    for column in ("#", "kind", "predicted ms", "measured ms", "error %"):
+        grid.add_column(column, justify="right")
+    for index, row in enumerate(result["rows"], start=1):
+        grid.add_row(str(index), row["kind"], f"{row['predicted_ms']:.4f}",
+                     f"{row['measured_ms']:.4f}", f"{row['error_pct']:+.1f}")
+    _out.print(grid)
+    _out.print(f"median |error| {result['median_abs_error_pct']:.1f}%, worst "
+               f"{result['worst_abs_error_pct']:.1f}% over {samples} random architectures "
+               f"({result['table']})", markup=False)
+    _out.print(json.dumps({k: v for k, v in result.items() if k != "rows"}), markup=False,
+               highlight=False)
 
 
 def main() -> None:

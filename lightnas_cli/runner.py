@@ -457,9 +457,16 @@ def _check_export_folder(out: Path, label: str) -> None:
 
 def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("inference_only",
                "trainable"), out: Path | None = None, root: Path = Path("trainings"),
-               logger_factory=RunLogger, formats: Sequence[str] = ()) -> dict:
+               logger_factory=RunLogger, formats: Sequence[str] = (),
+               sample: int | None = None, seed: int = 0) -> dict:
     """Export a run's derived architecture at a checkpoint (`latest`, `best` or an epoch).
-    Writes only the exported model (under `out`, default the run's exported_models/)."""
+    Writes only the exported model (under `out`, default the run's exported_models/).
+
+    With `sample=K`, export instead K architectures the method samples from its distribution
+    (`SearchMethod.sample_architectures`), each to `<out>/samples/seed-S/sample-KK/`; the
+    result's keys are then "sample-KK/<kind>"."""
+    if sample is not None and sample < 1:
+        raise ConfigError(f"--sample must be at least 1, got {sample}")
     run = RunDir.open(reference, root)
     cfg = _run_config(run)
     if epoch == "latest":
@@ -480,15 +487,27 @@ def export_run(reference: str, epoch: str = "latest", kinds: Sequence[str] = ("i
                               f"its first epoch); resume or re-run it first")
     logger = _quiet_logger(logger_factory)
     method, ckpt = restore_method(run, logger, wanted)
-    architecture = method.derive()
-    created = _first_missing(target / f"epoch-{ckpt.epoch:04d}")
-    try:
-        return export_architecture(method, architecture, target, export_name(cfg), ckpt.epoch,
-                                   tuple(kinds), formats=tuple(formats))
-    except OSError as exc:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        if not (is_environment_error(exc) or is_disk_full(exc)):
-            raise
-        raise RunError(f"cannot write the export to {target} ({describe_os_error(exc)}); "
-                       f"nothing was kept there - free space or choose another --out") from None
+    if sample is None:
+        jobs = [(method.derive(), target, "")]
+    else:
+        jobs = [(architecture, target / "samples" / f"seed-{seed}" / f"sample-{index:02d}",
+                 f"sample-{index:02d}/")
+                for index, architecture in enumerate(method.sample_architectures(sample, seed),
+                                                     1)]
+    written = {}
+    for architecture, folder, label in jobs:
+        created = _first_missing(folder / f"epoch-{ckpt.epoch:04d}")
+        try:
+            for kind, paths in export_architecture(method, architecture, folder,
+                                                   export_name(cfg), ckpt.epoch, tuple(kinds),
+                                                   formats=tuple(formats)).items():
+                written[label + kind] = paths
+        except OSError as exc:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            if not (is_environment_error(exc) or is_disk_full(exc)):
+                raise
+            raise RunError(f"cannot write the export to {folder} ({describe_os_error(exc)}); "
+                           f"nothing was kept there - free space or choose another --out") \
+                from None
+    return written

@@ -16,7 +16,7 @@ from typing import Any, Callable, List, Optional, Sequence
 #: Optimizers of the network weights (`train.optimizer`); momentum applies to sgd and nag.
 OPTIMIZERS = ("sgd", "nag", "adam")
 #: Learning-rate schedules (`train.lr_schedule`).
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "cosine_restarts")
 
 
 def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
@@ -173,8 +173,20 @@ class TrainConfig:
     weight_decay: float = setting(0.0, ge=0, lt=1)
     # Clip every gradient element to [-c, c] (MXNet's optimizer `clip_gradient`); null = off.
     clip_gradient: Optional[float] = setting(None, gt=0)
-    # Learning-rate schedule over all epochs, per step: constant | cosine (to 0 at the end).
+    # Learning-rate schedule over all epochs, per step: constant | cosine (to 0 at the end) |
+    # cosine_restarts (seed 003: cosine decay with restarts and a gradient-rising stage, keys
+    # below).
     lr_schedule: str = setting("cosine", choices=SCHEDULES)
+    # cosine_restarts: the first period lasts restart_epochs (may be fractional); each restart
+    # multiplies the period by restart_period_mul and the peak by restart_peak_mul; the rate
+    # never falls below lr_floor x its period's peak; after each restart it rises linearly
+    # from that floor to the new peak over rise_steps steps (at most half the period), then
+    # decays along a half cosine. Defaults: seed 003's port (x2, x0.95, 0.001, 300 steps).
+    restart_epochs: float = setting(1.0, gt=0)
+    restart_period_mul: float = setting(2.0, ge=1)
+    restart_peak_mul: float = setting(0.95, gt=0)
+    lr_floor: float = setting(0.001, ge=0, lt=1)
+    rise_steps: int = setting(300, ge=0)
     # Linear warm-up over the first N epochs (may be fractional): the rate rises from lr/steps
     # to lr, then the schedule takes over. 0 = none.
     warmup_epochs: float = setting(0.0, ge=0, le=1_000_000)

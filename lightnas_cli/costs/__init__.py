@@ -9,7 +9,8 @@ One implementation serves ENAS rewards, PIT regularizers, architecture records, 
   `register_cost_model` for new models;
 - built-in models, one module each: `params` (params.py), `macs` and `flops` (macs.py),
   `binary_memory` (memory.py), `ops` (ops.py), `systolic` (systolic.py: cycles on a systolic
-  array, exact or with a smooth ceiling);
+  array, exact or with a smooth ceiling), `latency_table` (latency_table.py: measured
+  per-block latency, priced from "block" descriptions; `lightnas latency` builds the tables);
 - `profile(net, input_shape)` (profile.py): the descriptions of a live network;
 - `CostSummary` / `summarize` (summary.py): parameters and MACs by precision.
 
@@ -30,6 +31,7 @@ from lightnas_cli.costs import macs as _macs  # noqa: F401,E402  (macs, flops)
 from lightnas_cli.costs import memory as _memory  # noqa: F401,E402  (binary_memory)
 from lightnas_cli.costs import ops as _ops  # noqa: F401,E402  (ops)
 from lightnas_cli.costs import systolic as _systolic  # noqa: F401,E402  (systolic)
+from lightnas_cli.costs import latency_table as _latency_table  # noqa: F401,E402  (latency_table)
 from lightnas_cli.costs.ops import BINARY_MACS_PER_OP  # noqa: E402
 from lightnas_cli.costs.profile import describe_block, describe_norm, profile  # noqa: E402
 from lightnas_cli.costs.summary import MIB, CostSummary, summarize  # noqa: E402

@@ -18,8 +18,10 @@ import numpy as np
 
 FLOAT_BITS = 32
 BINARY_BITS = 1
-#: Operations a description may name.
-OPS = ("conv", "dense", "batchnorm")
+#: Operations a description may name. "block" is a whole candidate block of a search space,
+#: priced by a measured table (`latency_table`) through its `key`; it has no weights of its own
+#: (the blocks' convolutions are described as "conv" layers for counting models).
+OPS = ("conv", "dense", "batchnorm", "block")
 
 
 def is_int(value: Any) -> bool:
@@ -78,6 +80,8 @@ class Layer:
     with a batch of one gives them. For a dense layer `kernel`, `stride` and `dilation` are
     empty and the spatial output is none. `bits` is the weight precision: 1 (binary) or 32.
     A batchnorm description (summaries only) has `in_channels == out_channels`.
+    A block description ("block") names a table entry in `key` (e.g. "layers.3:k5_e6"); counting
+    models give it 0, since its weight layers are described on their own.
     """
 
     op: str
@@ -95,6 +99,8 @@ class Layer:
     #: Structural path in the network ("stage1.dense2.conv"); the name when unknown.
     path: str = ""
     F: Any = None
+    #: Table entry of a "block" description (see `latency_table`); empty otherwise.
+    key: str = ""
 
     def __post_init__(self) -> None:
         if self.op not in OPS:

@@ -18,7 +18,9 @@ def layer_params(layer: Layer) -> Any:
                            layer.bias)
     if layer.op == "dense":
         return dense_params(layer.in_channels, layer.out_channels, layer.bias)
-    return 2 * layer.out_channels  # batchnorm: scale and shift per channel
+    if layer.op == "batchnorm":
+        return 2 * layer.out_channels  # scale and shift per channel
+    return 0  # a "block" (table entry) has no weights of its own
 
 
 @register_cost_model

@@ -27,6 +27,9 @@ class CostModel(abc.ABC):
     name: str = ""
     unit: str = ""
     description: str = ""
+    #: True for models that cannot be built from their name alone (a latency table needs its
+    #: file): config keys that name a cost model by itself do not offer them.
+    needs_options: bool = False
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -62,9 +65,11 @@ def register_cost_model(cls: type[CostModel]) -> type[CostModel]:
     return cls
 
 
-def available_cost_models() -> list[str]:
-    """Names of the registered cost models, sorted."""
-    return sorted(_COST_MODELS)
+def available_cost_models(with_options: bool = False) -> list[str]:
+    """Names of the registered cost models that work by name alone, sorted; `with_options`
+    adds those that need keyword options (`needs_options`, e.g. `latency_table`)."""
+    return sorted(name for name, cls in _COST_MODELS.items()
+                  if with_options or not cls.needs_options)
 
 
 def cost_model_class(name: str) -> type[CostModel]:
@@ -73,7 +78,7 @@ def cost_model_class(name: str) -> type[CostModel]:
         close = difflib.get_close_matches(str(name), list(_COST_MODELS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown cost model {name!r}.{hint} Registered cost models: "
-                          f"{', '.join(available_cost_models())}")
+                          f"{', '.join(available_cost_models(with_options=True))}")
     return _COST_MODELS[name]
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mxnet import gluon
 
 #: Packages under lightnas_cli/search/ that register a method when imported.
-BUILTIN_METHODS = ("enas", "pit", "dmasking")
+BUILTIN_METHODS = ("enas", "pit", "fbnet", "dmasking")
 
 ARCHITECTURE_FORMAT = 1
 
@@ -194,6 +194,22 @@ class SearchMethod(abc.ABC):
         """Extra facts about an architecture for summaries (label -> text); none by default.
         ENAS over MeliusNet gives the custom string that rebuilds it, for example."""
         return {}
+
+    def sample_architectures(self, count: int, seed: int) -> list[Architecture]:
+        """`count` architectures drawn from the search's current distribution (`lightnas export
+        --sample`), reproducible by `seed`. Methods without one refuse."""
+        raise ArchitectureError(f"method {self.name!r} has no distribution over architectures "
+                                f"to sample from; export its derived architecture instead "
+                                f"(without --sample)")
+
+    @classmethod
+    def latency_space(cls, config: Any, spec: Any) -> Any:
+        """The blocks a measured latency table times for `config` (a
+        `lightnas_cli.costs.latency_table.LatencySpace`), from the config and the data spec
+        alone (`lightnas latency build|check`). Methods without per-layer candidate blocks
+        refuse."""
+        raise ConfigError(f"method {cls.name!r} has no per-layer candidate blocks to time; "
+                          f"`lightnas latency` needs a method whose space has them")
 
     @abc.abstractmethod
     def state(self) -> tuple[dict, dict]:

@@ -6,7 +6,8 @@ choice and its temperature schedule (FBNet: Wu et al. 2019; FBNetV2 / DMasking: 
 
 `gumbel_softmax` works with `F` = `mx.nd` or `mx.sym`, so a hybridized supernet draws its noise
 inside the cached graph; MXNet's random state is re-seeded per epoch by the runner, so a resumed
-run draws the same noise as the uninterrupted one. `temperature_at(epoch)` is a pure function
+run draws the same noise as the uninterrupted one. τ may be a number or a (1,)-shaped array:
+as an input of the cached graph it changes every epoch without rebuilding the graph. `temperature_at(epoch)` is a pure function
 of the epoch for the same reason. `RelaxationConfig` is the config section both methods embed.
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ def gumbel_softmax(F: Any, logits: Any, temperature: float, noise: str = "per_sa
     if noise not in NOISE_MODES:
         raise ValueError(f"unknown Gumbel noise mode {noise!r}; one of {NOISE_MODES}")
     if noise == "none":
-        return F.softmax(logits / temperature, axis=-1)
+        return F.softmax(_divide(F, logits, temperature), axis=-1)
     if noise == "per_sample" and batch_like is not None:
         # (batch, options): broadcast the logits over the batch, noise per entry.
         ones = F.ones_like(F.slice_axis(F.reshape(batch_like, shape=(0, -1)), axis=1,
@@ -57,4 +58,11 @@ def gumbel_softmax(F: Any, logits: Any, temperature: float, noise: str = "per_sa
         logits = F.broadcast_mul(ones, F.reshape(logits, shape=(1, -1)))
     uniform = F.random.uniform_like(logits)
     gumbel = -F.log(-F.log(uniform + _EPSILON) + _EPSILON)
-    return F.softmax((logits + gumbel) / temperature, axis=-1)
+    return F.softmax(_divide(F, logits + gumbel, temperature), axis=-1)
+
+
+def _divide(F: Any, value: Any, temperature: Any) -> Any:
+    """value / τ for a number τ, or broadcast over a (1,)-shaped array τ."""
+    if isinstance(temperature, (int, float)):
+        return value / temperature
+    return F.broadcast_div(value, temperature)

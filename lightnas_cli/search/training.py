@@ -2,7 +2,8 @@
 
 - `make_trainer`: the weights' Gluon Trainer (optimizer, weight decay, gradient clipping),
   built so its states can be checkpointed without pickle (`lightnas_cli.checkpoint`);
-- `LearningRateSchedule`: per-step rates (constant, cosine, optional linear warm-up);
+- `LearningRateSchedule`: per-step rates (constant, cosine, cosine with restarts and a
+  gradient-rising stage, optional linear warm-up);
 - `Task`: the loss, and whether accuracy means anything (classification or reconstruction);
 - `EpochTrainer` (`weight_trainer` for the network weights): the data-parallel
   forward/backward/update over `train.contexts` and the epoch loop around it, with hooks for
@@ -31,7 +32,7 @@ from lightnas_cli.errors import ConfigError, DivergedError
 OPTIMIZERS = ("sgd", "nag", "adam")
 MOMENTUM_OPTIMIZERS = ("sgd", "nag")
 #: Learning-rate schedules (`train.lr_schedule`).
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "cosine_restarts")
 
 
 def structural_params(net: gluon.Block) -> dict[str, gluon.Parameter]:
@@ -77,36 +78,89 @@ class LearningRateSchedule:
 
     `warmup_steps` > 0 first rises linearly, base_lr * (step + 1) / warmup_steps, so the first
     step already trains; then `cosine` decays from base_lr to 0 over the remaining steps
-    (reaching 0 at `total_steps`), or `constant` keeps base_lr.
+    (reaching 0 at `total_steps`), or `constant` keeps base_lr, or `cosine_restarts` runs
+    seed 003's cosine decay with restarts and a gradient-rising stage (SGDR, Loshchilov &
+    Hutter 2017, plus the MXNet FBNet port's `CosineDecayScheduler_Grad`):
+
+    - period p (p = 0, 1, ...) lasts restart_steps · period_mul^p steps (rounded down) and
+      peaks at base_lr · peak_mul^p; its floor is `floor` times its peak;
+    - period 0 decays from its peak to its floor along a half cosine;
+    - every later period first rises linearly from its floor to its peak over `rise_steps`
+      steps (at most half the period), then decays to the floor over the rest.
+
+    The rate is continuous across a restart (the floor of the new peak is where the rise
+    starts), and never depends on `total_steps`, so a longer resumed run keeps its past.
     """
 
     base_lr: float
     kind: str = "constant"
     total_steps: int = 0
     warmup_steps: int = 0
+    restart_steps: int = 0
+    period_mul: float = 2.0
+    peak_mul: float = 1.0
+    floor: float = 0.0
+    rise_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ConfigError(f"unknown learning-rate schedule {self.kind!r}; choose one of "
                               f"{', '.join(SCHEDULES)}")
+        if self.kind == "cosine_restarts" and self.restart_steps < 1:
+            raise ConfigError("the cosine_restarts schedule needs a first period of at least "
+                              "one step (train.restart_epochs)")
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
+        if self.kind == "cosine_restarts":
+            return self._with_restarts(step - self.warmup_steps)
         span = self.total_steps - self.warmup_steps
         if self.kind == "cosine" and span > 0:
             progress = min(step - self.warmup_steps, span)
             return 0.5 * self.base_lr * (1.0 + math.cos(math.pi * progress / span))
         return float(self.base_lr)
 
+    def period(self, step: int) -> tuple[int, int, int]:
+        """(index, first step, length) of the restart period holding `step` (after warm-up)."""
+        index, start, length = 0, 0, int(self.restart_steps)
+        if self.period_mul == 1.0:
+            index = step // length
+            return index, index * length, length
+        while step >= start + length:
+            start += length
+            length = max(1, int(length * self.period_mul))
+            index += 1
+        return index, start, length
+
+    def _with_restarts(self, step: int) -> float:
+        index, start, length = self.period(step)
+        peak = self.base_lr * self.peak_mul ** index
+        low = self.floor * peak
+        offset = step - start
+        rise = min(int(self.rise_steps), length // 2) if index > 0 else 0
+        if offset < rise:
+            return low + (peak - low) * offset / rise
+        progress = (offset - rise) / max(length - rise, 1)
+        return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
 
 def schedule_from_config(train_cfg: Any, steps_per_epoch: int) -> LearningRateSchedule:
     """The run's schedule: `train.lr`, `train.lr_schedule`, `train.warmup_epochs` (may be
-    fractional; rounded to whole steps) over `train.epochs` epochs of `steps_per_epoch`."""
+    fractional; rounded to whole steps) over `train.epochs` epochs of `steps_per_epoch`;
+    `cosine_restarts` also reads `train.restart_epochs` (the first period, rounded to whole
+    steps), `restart_period_mul`, `restart_peak_mul`, `lr_floor` and `rise_steps`."""
+    options: dict[str, Any] = {}
+    if train_cfg.lr_schedule == "cosine_restarts":
+        options = dict(restart_steps=max(1, int(round(float(train_cfg.restart_epochs)
+                                                       * steps_per_epoch))),
+                       period_mul=float(train_cfg.restart_period_mul),
+                       peak_mul=float(train_cfg.restart_peak_mul),
+                       floor=float(train_cfg.lr_floor), rise_steps=int(train_cfg.rise_steps))
     return LearningRateSchedule(base_lr=float(train_cfg.lr), kind=train_cfg.lr_schedule,
                                 total_steps=steps_per_epoch * int(train_cfg.epochs),
                                 warmup_steps=int(round(float(train_cfg.warmup_epochs)
-                                                       * steps_per_epoch)))
+                                                       * steps_per_epoch)), **options)
 
 
 class Task(abc.ABC):
