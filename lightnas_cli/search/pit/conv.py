@@ -70,10 +70,9 @@ class ShiftedConvMixin:
         self._pad_after = tuple(int(p) for p in pad_after)
 
     def _shift(self, F: Any, x: Any) -> Any:
+        # Pad first, crop second: a kernel that kept only taps reading the zero padding (a
+        # 1-pixel map, say) would otherwise crop the whole input away before padding it.
         ndim = len(self._pad_before)
-        for axis, before in enumerate(self._pad_before):
-            if before < 0:
-                x = F.slice_axis(x, axis=2 + axis, begin=-before, end=None)
         pads = [(max(b, 0), a) for b, a in zip(self._pad_before, self._pad_after)]
         if any(p for pair in pads for p in pair):
             width = [0, 0, 0, 0] + [p for pair in pads for p in pair]
@@ -83,6 +82,9 @@ class ShiftedConvMixin:
             x = F.pad(x, mode="constant", constant_value=0, pad_width=tuple(width))
             if ndim == 1:
                 x = F.reshape(x, shape=(0, 0, -1))
+        for axis, before in enumerate(self._pad_before):
+            if before < 0:
+                x = F.slice_axis(x, axis=2 + axis, begin=-before, end=None)
         return x
 
 
