@@ -195,10 +195,15 @@ class MaskBank:
             constants["index_gamma"] = np.asarray(gamma_index, dtype=np.int32)
 
         # Weight masks (and the channel masks of batch norms with a fixed gamma): one flat
-        # product of gathered factors, channel x taps of axis 0 x taps of axis 1.
+        # product of gathered factors, channel x taps of axis 0 x taps of axis 1, one value
+        # per (output channel, tap); each layer then gathers its mask at the full shape of
+        # its weight, so applying it is an element-wise product (no broadcast, whose
+        # backward is a slow reduction in MXNet, and no reshape).
         one = self.one
         factors: list[list[np.ndarray]] = [[], [], []]
-        self.mask_feeds: list[tuple[Any, str, tuple[int, ...]]] = []
+        self.mask_feeds: list[tuple[Any, str, str]] = []
+        gathers: list[np.ndarray] = []
+        offset = 0
         # Per-channel parameters to mask (conv/dense biases, batch-norm gammas and betas):
         # concatenated, multiplied by their gathered channel masks at once, split again.
         self.vector_feeds: list[tuple[Any, str, gluon.Parameter]] = []
@@ -206,10 +211,19 @@ class MaskBank:
 
         def add_mask(layer: Any, key: str, shape: tuple, ch: np.ndarray, t0: np.ndarray,
                      t1: np.ndarray) -> None:
+            """`shape`: the mask's shape as applied, (out, in/groups, *kernel) for a weight;
+            the factors run over (out, *kernel)."""
+            nonlocal offset
             factors[0].append(ch)
             factors[1].append(t0)
             factors[2].append(t1)
-            self.mask_feeds.append((layer, key, shape))
+            positions = offset + np.arange(len(ch))
+            if len(shape) > 1:  # a weight: the same mask for every input channel
+                out, inputs, kernel = shape[0], shape[1], tuple(shape[2:])
+                positions = np.broadcast_to(positions.reshape((out, 1) + kernel), shape)
+            gathers.append(np.ascontiguousarray(positions))
+            offset += len(ch)
+            self.mask_feeds.append((layer, key, f"index_feed{len(self.mask_feeds)}"))
 
         def add_vector(layer: Any, key: str, param: gluon.Parameter, ch: np.ndarray) -> None:
             self.vector_feeds.append((layer, key, param))
@@ -229,9 +243,9 @@ class MaskBank:
                     t0 = np.full(size, one) if axes[0] is None else axes[0][grid[1]]
                     t1 = (np.full(size, one) if layer.ndim < 2 or axes[1] is None
                           else axes[1][grid[2]])
-                    add_mask(layer, "weight_mask", (layer.out_channels, 1) + kernel, ch, t0, t1)
+                    add_mask(layer, "weight_mask", tuple(layer.weight.shape), ch, t0, t1)
             elif isinstance(layer, PITDense) and channel is not None:
-                add_mask(layer, "weight_mask", (layer.units, 1), channel,
+                add_mask(layer, "weight_mask", tuple(layer.weight.shape), channel,
                          np.full(len(channel), one), np.full(len(channel), one))
             if channel is not None and layer.bias is not None:
                 add_vector(layer, "bias", layer.bias, channel)
@@ -254,6 +268,8 @@ class MaskBank:
                                ("index_taps1", self.factors[2])):
                 if np.any(index != one):
                     constants[key] = index.astype(np.int32)
+            for (_, _, key), index in zip(self.mask_feeds, gathers):
+                constants[key] = index.astype(np.int32)
         if self.vector_feeds:
             constants["index_vectors"] = _flat_index(vector_slots).astype(np.int32)
         self.vector_sizes = [len(slots) for slots in vector_slots]
@@ -360,9 +376,8 @@ class MaskBank:
             for key in ("index_taps0", "index_taps1"):
                 if key in v:
                     flat = flat * F.take(source, v[key])
-            sizes = [int(np.prod(shape)) for _, _, shape in self.mask_feeds]
-            for (layer, key, shape), piece in zip(self.mask_feeds, _split(F, flat, sizes)):
-                masks.setdefault(id(layer), {})[key] = F.reshape(piece, shape=shape)
+            for layer, key, index in self.mask_feeds:
+                masks.setdefault(id(layer), {})[key] = F.take(flat, v[index])
         if self.vector_feeds:
             values = [_value(F, param, x) for _, _, param in self.vector_feeds]
             joined = values[0] if len(values) == 1 else F.concat(*values, dim=0)

@@ -206,7 +206,7 @@ class PITConvBase(PITLayer):
         if self.bank_bound:
             fed = self.fed_masks()
             if "weight_mask" in fed:
-                weight = F.broadcast_mul(weight, fed["weight_mask"])
+                weight = weight * fed["weight_mask"]
             return self._convolve(F, x, weight, fed.get("bias", bias))
         time_mask = self._time_mask(F, params)
         if time_mask is not None:

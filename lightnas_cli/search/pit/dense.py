@@ -48,7 +48,7 @@ class PITDense(PITLayer):
         if self.bank_bound:
             fed = self.fed_masks()
             if "weight_mask" in fed:
-                weight = F.broadcast_mul(weight, fed["weight_mask"])
+                weight = weight * fed["weight_mask"]
             bias = fed.get("bias", bias)
         elif self.mask_output:
             mask = self.output_features_calculator.mask_expr(
