@@ -324,7 +324,11 @@ class PitSearch(SearchMethod):
         for key, param in self._state_params().items():
             name = f"net/{key}"
             if name not in arrays:
-                raise ArchitectureError(f"checkpoint lacks {name}: written by another model")
+                older = name.endswith("/masks") and any(k.endswith("alpha") for k in arrays)
+                raise ArchitectureError(
+                    f"checkpoint lacks {name}: written by an older LightNAS, which kept one "
+                    f"parameter per mask; start the search again with this version"
+                    if older else f"checkpoint lacks {name}: written by another model")
             # Fresh buffers first: after an inference pass oneDNN may hold a weight in its own
             # layout, and copying into such a buffer fails ("Check failed: to.IsDefaultData").
             param.initialize(ctx=param.list_ctx(), force_reinit=True)
