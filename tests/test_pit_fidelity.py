@@ -9,7 +9,6 @@ import pytest
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
-from lightnas_cli import costs
 from lightnas_cli.search.pit.config import regularizer_cost_model
 from lightnas_cli.search.pit.conv1d import PITConv1D
 from lightnas_cli.search.pit.features_calculator import ConstFeaturesCalculator

@@ -12,8 +12,10 @@ bank computes the same masks as a handful of vector operations over all layers:
    one vector (the same formulas as the maskers, PLiNIO `features_masker.py`,
    `timestep_masker.py`, `dilation_masker.py`), and a constant 1 at the end;
 3. `bits = binarize(theta)`: every binary mask, one straight-through binarizer;
-4. one gather-and-multiply gives every layer's weight mask (channel x taps per kernel axis),
-   bias mask and batch-norm channel mask in one flat vector, which is split per layer.
+4. one gather-and-multiply gives every layer's weight mask (channel x taps per kernel axis) as
+   one flat vector, from which each layer gathers its mask at its weight's shape; the biases,
+   batch-norm gammas and betas to mask are concatenated, multiplied by their channel masks at
+   once and split again.
 
 Layers inside the model read their masks from the bank (`PITLayer.feed`); each masker's
 parameter becomes a `BankSlice`, a view of its part of the bank, so `masker.alpha.set_data(...)`
@@ -105,9 +107,9 @@ def _value(F: Any, param: gluon.Parameter, x: Any) -> Any:
 class MaskBank:
     """The layout of a model's masks in one vector, and the F expressions that compute them.
 
-    Built once after conversion from the trainable maskers and the PIT layers; `constants()`
-    are the (non-trainable) arrays the expressions read, registered as Gluon Constants by the
-    model, so the whole computation hybridizes into the model's graph.
+    Built once after conversion from the trainable maskers and the PIT layers;
+    `constant_values` are the (non-trainable) arrays the expressions read, registered as Gluon
+    Constants by the model, so the whole computation hybridizes into the model's graph.
     """
 
     def __init__(self, maskers: Sequence[PITMasker], layers: Sequence["PITLayer"],
@@ -198,7 +200,8 @@ class MaskBank:
         # product of gathered factors, channel x taps of axis 0 x taps of axis 1, one value
         # per (output channel, tap); each layer then gathers its mask at the full shape of
         # its weight, so applying it is an element-wise product (no broadcast, whose
-        # backward is a slow reduction in MXNet, and no reshape).
+        # backward is a slow reduction in MXNet, and no reshape). The price: one int32 index
+        # per masked weight.
         one = self.one
         factors: list[list[np.ndarray]] = [[], [], []]
         self.mask_feeds: list[tuple[Any, str, str]] = []
@@ -391,7 +394,7 @@ class MaskBank:
     def feeding(self, masks: dict[int, dict[str, Any]]) -> Iterator[None]:
         """Hand each layer its masks ({}: nothing to mask) for one forward pass."""
         # object.__setattr__: Gluon's __setattr__ checks for parameters and children, which
-        # a plain tuple is not; this runs every forward pass in imperative mode.
+        # a plain dict is not; this runs every forward pass in imperative mode.
         for layer in self.bound:
             object.__setattr__(layer, "feed", masks.get(id(layer), _NOTHING))
         try:

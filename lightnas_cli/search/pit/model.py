@@ -27,7 +27,7 @@ from lightnas_cli.search.pit.conv import PITConvBase
 from lightnas_cli.search.pit.export import export_pruned
 from lightnas_cli.search.pit.features_calculator import default_theta
 from lightnas_cli.search.pit.features_masker import PITMasker
-from lightnas_cli.search.pit.graph import LayerEntry, clear_cached_graphs, convert
+from lightnas_cli.search.pit.graph import LayerEntry, convert
 from lightnas_cli.search.pit.module import PITLayer
 from lightnas_cli.search.pit.regularizers import (REPORTED_COSTS, StackedCost, binarized_theta,
                                                   model_costs, unit_norm)
