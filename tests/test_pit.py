@@ -20,6 +20,7 @@ from lightnas_cli.search.pit.features_calculator import (ConcatFeaturesCalculato
                                                          MaskerFeaturesCalculator)
 from lightnas_cli.search.pit.features_masker import PITFeaturesMasker
 from lightnas_cli.search.pit.model import PITModel
+from lightnas_cli.search.pit.module import PITLayer
 
 
 class ResBlockNet(gluon.HybridBlock):
@@ -337,12 +338,20 @@ def test_regularizer_only_step_gives_nonzero_mask_gradients(reg):
 
 
 def test_regularizer_only_training_drives_masks_to_zero():
+    """The regularizer as the only loss, computed where the search computes it: in one graph
+    with the network, run forward on fresh random inputs every step."""
     pit = PITModel(make(ResBlockNet, "res_"), (2, 16))
+    pit.hybridize()
+    graph = pit.search_graph("size")
     trainer = gluon.Trainer(pit.nas_parameters(), "adam", {"learning_rate": 0.05})
+    rng = np.random.RandomState(0)
     for _ in range(60):
+        x = nd.array(rng.standard_normal((4, 2, 16)))
         with autograd.record():
-            value = pit.regularizer("size") / 1000.0
-        value.backward()
+            out, value = graph(x)
+            loss = value / 1000.0
+        loss.backward()
+        assert out.shape == (4, 4)
         trainer.step(1)
     for path, pit_layer in pit.pit_layers:
         if pit_layer.out_features_masker is not None:
@@ -383,13 +392,13 @@ def test_train_flags_keep_gradients_at_zero(flag):
 # --- combined loss -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("task", ["bce", "cce"])
-@pytest.mark.parametrize("reg", ["size", "macs"])
+@pytest.mark.parametrize("reg", ["size", "macs", "flops"])
 def test_combined_loss_step_changes_weights_and_masks(task, reg):
     pit = PITModel(make(ResBlockNet, "res_"), (2, 16))
     x = nd.array(np.random.RandomState(0).standard_normal((4, 2, 16)))
     labels = nd.array([0, 1, 2, 3])
     weights_before = [p.data().copy() for p in pit.net_parameters()]
-    masks_before = [p.data().copy() for p in pit.nas_parameters()]
+    masks_before = [m.nas_parameter.data().copy() for m in pit.all_maskers()]
     weight_trainer = gluon.Trainer(pit.net_parameters(), "adam", {"learning_rate": 0.01})
     mask_trainer = gluon.Trainer(pit.nas_parameters(), "adam", {"learning_rate": 0.01})
     with autograd.record():
@@ -405,15 +414,38 @@ def test_combined_loss_step_changes_weights_and_masks(task, reg):
     changed = [float(nd.abs(p.data() - b).max().asscalar()) > 0
                for p, b in zip(pit.net_parameters(), weights_before)]
     assert all(changed)
-    changed_masks = [float(nd.abs(p.data() - b).max().asscalar()) > 0
-                     for p, b in zip(pit.nas_parameters(), masks_before)]
-    assert all(changed_masks)
+    # Every masker (α, β, γ) moved: each has its own slice of the one mask parameter.
+    changed_masks = [float(nd.abs(m.nas_parameter.data() - b).max().asscalar()) > 0
+                     for m, b in zip(pit.all_maskers(), masks_before)]
+    assert len(changed_masks) == 8 and all(changed_masks)
 
 
 # --- export --------------------------------------------------------------------------------
 
+def prune_taps(pit: PITModel, rf_path: str, dilation_path: str, axis: int = 0) -> None:
+    """Cut the receptive field of one layer (only the newest tap and its neighbour kept) and
+    raise the dilation of another (γ_0 = 0: every other tap), whatever random masks say."""
+    rf = layer(pit, rf_path).timestep_maskers[axis]
+    k = rf.size
+    rf.beta.set_data(nd.array([0.0] * (k - 2) + [0.9, 1.0]))
+    dil = layer(pit, dilation_path).dilation_maskers[axis]
+    dil.gamma.set_data(nd.array([0.1] + [1.0] * (dil.size - 1)))
+    layer(pit, dilation_path).timestep_maskers[axis].beta.set_data(
+        nd.ones(layer(pit, dilation_path).kernel_size[axis]))
+
+
+def assert_taps_pruned(pit: PITModel) -> None:
+    """At least one layer lost receptive field and one gained dilation (not left to chance)."""
+    convs = [l for _, l in pit.pit_layers if isinstance(l, (PITConv1D, PITConv2D))]
+    assert any(k < full for l in convs for k, full in zip(l.kernel_size_opt, l.kernel_size)
+               if k > 1 or full > 1), "no layer has a pruned receptive field"
+    assert any(d > base for l in convs for d, base in zip(l.dilation_opt, l.dilation)), \
+        "no layer has a pruned dilation"
+
+
 def check_export(pit: PITModel, shape, seed: int = 0) -> gluon.HybridBlock:
     x = nd.array(np.random.RandomState(seed).standard_normal((3, *shape)))
+    assert_taps_pruned(pit)
     exported = pit.export()
     for block in (pit, exported):
         block.hybridize()
@@ -439,6 +471,7 @@ def test_export_equivalence_residual_conv1d(seed):
     set_bn_stats(net, seed)
     pit = PITModel(net, (2, 16))
     random_masks(pit, seed)
+    prune_taps(pit, "c1", "c0")
     exported = check_export(pit, (2, 16), seed)
     assert exported.c0._channels < 8 or exported.c1._kernel_size != (5,)
 
@@ -448,6 +481,8 @@ def test_export_equivalence_concat():
     set_bn_stats(net, 2)
     pit = PITModel(net, (1, 8))
     random_masks(pit, 2)
+    prune_taps(pit, "b", "b")
+    layer(pit, "b").timestep_maskers[0].beta.set_data(nd.array([0, 0, 0.6, 0, 1]))
     check_export(pit, (1, 8), 2)
 
 
@@ -459,7 +494,30 @@ def test_export_equivalence_conv2d_dense_and_depthwise():
     set_bn_stats(net, 3)
     pit = PITModel(net, (1, 49, 10))
     random_masks(pit, 3)
+    prune_taps(pit, "4", "10")
     exported = check_export(pit, (1, 49, 10), 3)
     depthwise = [b for b in _blocks(exported) if isinstance(b, nn.Conv2D)
                  and b._kwargs["num_group"] > 1]
     assert depthwise and all(b._kwargs["num_group"] == b._channels for b in depthwise)
+
+
+@pytest.mark.parametrize("name, shape, options, rf, dilation", [
+    ("resnet8", (3, 12, 12), {"widths": (4, 6, 8)}, "0", "3.conv2"),
+    ("mobilenet_v1", (3, 24, 24), {"width_multiplier": 0.25}, "3", "15"),
+])
+def test_export_equivalence_mlperf_tiny_models(name, shape, options, rf, dilation):
+    """ResNet-8 (residual adds, 1x1 shortcuts) and MobileNetV1 (depthwise stacks, stride 2)
+    with random masks: the exported plain network computes the masked one."""
+    import bmxnet_models
+    mx.random.seed(4)
+    net = bmxnet_models.get_model(name, prefix=f"{name}_", **options)
+    net.initialize(mx.init.Xavier())
+    set_bn_stats(net, 4)
+    pit = PITModel(net, shape)
+    random_masks(pit, 4)
+    prune_taps(pit, rf, dilation, axis=1)
+    exported = check_export(pit, shape, 4)
+    assert not any(isinstance(b, PITLayer) for b in _blocks(exported))
+    unpruned = bmxnet_models.get_model(name, **options)
+    unpruned.initialize()
+    assert pit.costs(soft=False)["params"] < costs.summarize(costs.profile(unpruned, shape)).params

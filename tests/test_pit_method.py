@@ -202,3 +202,80 @@ def test_summary_of_a_pit_run_is_the_pruned_network(workdir: Path):
     assert data["costs"]["flops"]["unit"] == "FLOPs"
     assert all(row["costs"]["flops"] == 2 * (row["macs_float"] + row["macs_binary"])
                for row in data["layers"])
+
+
+# --- in-process: the method's phases and flags (issue 10, items 3-5) -----------------------
+
+def make_method(tmp_path: Path, config: dict, *overrides: str):
+    """A PitSearch built from a config as the runner builds it (no run folder)."""
+    from lightnas_cli import config as config_mod, data as data_mod, runner
+    from lightnas_cli.logging import RunLogger
+
+    cfg = config_mod.load_config(write_config(tmp_path, config), list(overrides))
+    data = data_mod.load(cfg.data, cfg.seed, cfg.train.batch_size)
+    logger = RunLogger(tmp_path / "logs", tensorboard=False)
+    return runner.create_method(cfg, data, logger)
+
+
+def bank_values(method) -> np.ndarray:
+    return method.model.nas_parameters()[0].data().asnumpy().copy()
+
+
+def test_strength_zero_still_trains_the_masks(tmp_path: Path):
+    """PLiNIO: the task loss trains the masks even without a regularizer."""
+    method = make_method(tmp_path, TINY_PIT, "pit.strength=0", "pit.finetune_epochs=0",
+                         "train.epochs=2")
+    start = bank_values(method)
+    warmup = method.train_epoch(1)
+    assert warmup["phase"] == "warmup" and not warmup["masks_updated"]
+    assert np.array_equal(bank_values(method), start)
+    search = method.train_epoch(2)
+    assert search["phase"] == "search" and search["masks_updated"]
+    assert search["strength"] == 0 and search["regularizer"] == 0
+    assert not np.array_equal(bank_values(method), start)
+
+
+DSCNN_PIT = {**TINY_PIT,
+             "data": {"name": "mock", "mock": {"num_classes": 3, "shape": [1, 12, 6],
+                                               "num_train": 32, "num_test": 16}},
+             "model": {"name": "dscnn", "options": {"filters": 4, "blocks": 1}},
+             "train": {"epochs": 3, "batch_size": 16, "lr": 0.01}}
+
+
+def test_conv2d_receptive_field_off_by_type_survives_the_phases(tmp_path: Path):
+    """train_rf_types / train_dilation_types without Conv2D: its β and γ stay untouched
+    through warm-up, search and fine-tuning, while its channels are searched."""
+    method = make_method(tmp_path, DSCNN_PIT, "pit.train_rf_types=[Conv1D]",
+                         "pit.train_dilation_types=[Conv1D]")
+    model = method.model
+    convs = [l for _, l in model.pit_layers if type(l).__name__ == "PITConv2D"
+             and l.time_searchable(0)]
+    assert convs
+    taps = [m for l in convs for m in l.timestep_maskers + l.dilation_maskers if not m.frozen]
+    alphas = model.maskers
+    start_taps = [m.nas_parameter.data().asnumpy().copy() for m in taps]
+    start_alpha = [m.nas_parameter.data().asnumpy().copy() for m in alphas]
+    for epoch in (1, 2, 3):
+        method.train_epoch(epoch)
+        assert all(not l.train_rf and not l.train_dilation for l in convs)
+    assert all(np.array_equal(m.nas_parameter.data().asnumpy(), s)
+               for m, s in zip(taps, start_taps))
+    assert any(not np.array_equal(m.nas_parameter.data().asnumpy(), s)
+               for m, s in zip(alphas, start_alpha))
+
+
+def test_new_pit_keys_are_validated(tmp_path: Path):
+    from lightnas_cli.errors import ConfigError
+    for override, message in (("pit.cost_layers=some", "'pit.cost_layers' is 'some'"),
+                              ("pit.train_rf_types=[Dense]", "'pit.train_rf_types' is 'Dense'")):
+        with pytest.raises(ConfigError, match=message):
+            make_method(tmp_path, TINY_PIT, override)
+
+
+def test_cost_layers_searchable_normalises_by_the_searchable_layers(tmp_path: Path):
+    method = make_method(tmp_path, TINY_PIT, "pit.cost_layers=searchable",
+                         "pit.exclude_names=[3]")
+    model = method.model
+    fixed = [e for e in model.layers if e.role != "pit"]
+    assert fixed and method.regularizer_full < method.full_cost
+    assert method.regularizer_full == model.costs(soft=False, scope="searchable")["size"]

@@ -45,17 +45,34 @@ class PITBatchNorm(PITLayer):
         return self.channels
 
     @property
+    def fix_gamma(self) -> bool:
+        """Gamma fixed at 1 (then the output is masked instead of gamma)."""
+        return bool(self._kwargs.get("fix_gamma", False))
+
+    @property
+    def center(self) -> bool:
+        """Whether beta is learnt (a shift to mask)."""
+        return self.beta.grad_req != "null"
+
+    @property
     def features_defining(self) -> bool:
         return False
 
     def hybrid_forward(self, F: Any, x: Any, gamma: Any, beta: Any, running_mean: Any,
                        running_var: Any, **params: Any) -> Any:
-        mask = self.output_features_calculator.mask_expr(F, self._binary_masks(F, params, "out"))
-        fix_gamma = bool(self._kwargs.get("fix_gamma", False))
-        if mask is not None:
-            beta = beta * mask
-            if not fix_gamma:
-                gamma = gamma * mask
+        fix_gamma = self.fix_gamma
+        if self.bank_bound:
+            # The model masked gamma and beta (with every other layer's, at once).
+            fed = self.fed_masks()
+            gamma, beta = fed.get("gamma", gamma), fed.get("beta", beta)
+            mask = fed.get("channel_mask")
+        else:
+            mask = self.output_features_calculator.mask_expr(
+                F, self._binary_masks(F, params, "out"))
+            if mask is not None:
+                beta = beta * mask
+                if not fix_gamma:
+                    gamma = gamma * mask
         op = F.contrib.BatchNormWithReLU if self.fuse_relu else F.BatchNorm
         ndim = len(self.output_shape) if self.output_shape else 4
         if ndim == 3:

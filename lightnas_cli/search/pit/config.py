@@ -15,6 +15,12 @@ from lightnas_cli.errors import ConfigError
 EXCLUDABLE_TYPES = ("Conv1D", "Conv2D", "Dense", "BatchNorm")
 #: `pit.regularizer` names that are not cost-model names: PIT's paper calls params "size".
 REGULARIZER_ALIASES = {"size": "params"}
+#: Layer types whose masks `pit.train_*_types` can switch: channels (α) of all three, receptive
+#: field (β) and dilation (γ) of the convolutions.
+SEARCHABLE_TYPES = ("Conv1D", "Conv2D", "Dense")
+KERNEL_TYPES = ("Conv1D", "Conv2D")
+#: `pit.cost_layers`: every layer of the network, or the searchable (PIT) layers only.
+COST_LAYERS = ("all", "searchable")
 
 
 def regularizer_choices() -> list[str]:
@@ -61,10 +67,29 @@ class PitConfig:
     finetune_epochs: int = setting(0, ge=0, le=1_000_000)
     # Binarization threshold of the masks (PIT: 0.5).
     threshold: float = setting(0.5, gt=0, lt=1)
+    # Which layers the regularizer counts. all: the whole network (PLiNIO's full_cost=True);
+    # layers PIT does not search add their cost, which shrinks with the pruned channels they
+    # read, and `normalize` divides by the whole seed network's cost. searchable: the PIT layers
+    # only (PLiNIO's default, full_cost=False). Reported costs always count the whole network.
+    # Default all: it is what is reported and exported, so λ weighs the network's real cost.
+    cost_layers: str = setting("all", choices=COST_LAYERS)
+    # Count the cost on the binarized masks (0/1, straight-through gradient) instead of the
+    # continuous ones (PLiNIO's discrete_cost): the regularizer then equals the pruned
+    # network's cost at every step.
+    discrete_cost: bool = False
     # Search output channels (α), receptive fields (β) and dilations (γ); false freezes them.
     train_channels: bool = True
     train_rf: bool = True
     train_dilation: bool = True
+    # Layer types whose channels / receptive field / dilation are searched when the flag above
+    # is true; other types keep theirs. PLiNIO searches receptive field and dilation of Conv1D
+    # only: set train_rf_types and train_dilation_types to [Conv1D] for that. A channel mask
+    # shared by layers whose outputs are added is searched only if all their types are listed.
+    train_channels_types: List[str] = setting(factory=lambda: list(SEARCHABLE_TYPES),
+                                              choices=SEARCHABLE_TYPES)
+    train_rf_types: List[str] = setting(factory=lambda: list(KERNEL_TYPES), choices=KERNEL_TYPES)
+    train_dilation_types: List[str] = setting(factory=lambda: list(KERNEL_TYPES),
+                                              choices=KERNEL_TYPES)
     # Optimizer (adam | sgd) and learning rate of the masks; null lr uses train.lr.
     arch_optimizer: str = setting("adam", choices=("adam", "sgd"))
     arch_lr: Optional[float] = setting(None, gt=0)

@@ -70,10 +70,9 @@ class ShiftedConvMixin:
         self._pad_after = tuple(int(p) for p in pad_after)
 
     def _shift(self, F: Any, x: Any) -> Any:
+        # Pad first, crop second: a kernel that kept only taps reading the zero padding (a
+        # 1-pixel map, say) would otherwise crop the whole input away before padding it.
         ndim = len(self._pad_before)
-        for axis, before in enumerate(self._pad_before):
-            if before < 0:
-                x = F.slice_axis(x, axis=2 + axis, begin=-before, end=None)
         pads = [(max(b, 0), a) for b, a in zip(self._pad_before, self._pad_after)]
         if any(p for pair in pads for p in pair):
             width = [0, 0, 0, 0] + [p for pair in pads for p in pair]
@@ -83,6 +82,9 @@ class ShiftedConvMixin:
             x = F.pad(x, mode="constant", constant_value=0, pad_width=tuple(width))
             if ndim == 1:
                 x = F.reshape(x, shape=(0, 0, -1))
+        for axis, before in enumerate(self._pad_before):
+            if before < 0:
+                x = F.slice_axis(x, axis=2 + axis, begin=-before, end=None)
         return x
 
 
@@ -135,8 +137,8 @@ class PITConvBase(PITLayer):
         self.act = conv.act
         if out_features_masker is None and default_masker and not self.depthwise:
             out_features_masker = PITFeaturesMasker(self.out_channels, prefix=f"{self.prefix}out_")
-        self.timestep_maskers: list[PITMasker] = []
-        self.dilation_maskers: list[PITMasker] = []
+        self._wiring.timestep = []
+        self._wiring.dilation = []
         for axis, k in enumerate(self.kernel_size):
             # PLiNIO freezes rf and dilation when stride != 1; a 1-tap kernel has nothing to cut.
             searchable = self.stride[axis] == 1 and k > 1
@@ -161,6 +163,16 @@ class PITConvBase(PITLayer):
         else:
             self.output_features_calculator = ConstFeaturesCalculator(self.out_channels)
         initialize_missing(self, ctx)
+
+    @property
+    def timestep_maskers(self) -> list[PITMasker]:
+        """β per kernel axis (frozen maskers where the receptive field is not searched)."""
+        return self._wiring.timestep
+
+    @property
+    def dilation_maskers(self) -> list[PITMasker]:
+        """γ per kernel axis (frozen maskers where the dilation is not searched)."""
+        return self._wiring.dilation
 
     # --- forward ------------------------------------------------------------------------
     def _axis_mask(self, F: Any, params: dict, axis: int) -> Any:
@@ -191,6 +203,11 @@ class PITConvBase(PITLayer):
     def hybrid_forward(self, F: Any, x: Any, **params: Any) -> Any:
         weight = params["weight"]
         bias = params.get("bias")
+        if self.bank_bound:
+            fed = self.fed_masks()
+            if "weight_mask" in fed:
+                weight = weight * fed["weight_mask"]
+            return self._convolve(F, x, weight, fed.get("bias", bias))
         time_mask = self._time_mask(F, params)
         if time_mask is not None:
             weight = F.broadcast_mul(weight, time_mask)
@@ -202,6 +219,9 @@ class PITConvBase(PITLayer):
                 weight = F.broadcast_mul(weight, F.reshape(channel_mask, shape=shape))
                 if bias is not None:
                     bias = bias * channel_mask
+        return self._convolve(F, x, weight, bias)
+
+    def _convolve(self, F: Any, x: Any, weight: Any, bias: Any) -> Any:
         if bias is None:
             out = F.Convolution(x, weight, name="fwd", **self._kwargs)
         else:

@@ -45,7 +45,12 @@ class PITDense(PITLayer):
     def hybrid_forward(self, F: Any, x: Any, **params: Any) -> Any:
         weight = params["weight"]
         bias = params.get("bias")
-        if self.mask_output:
+        if self.bank_bound:
+            fed = self.fed_masks()
+            if "weight_mask" in fed:
+                weight = weight * fed["weight_mask"]
+            bias = fed.get("bias", bias)
+        elif self.mask_output:
             mask = self.output_features_calculator.mask_expr(
                 F, self._binary_masks(F, params, "out"))
             if mask is not None:

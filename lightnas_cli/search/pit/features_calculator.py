@@ -32,6 +32,9 @@ ThetaFn = Callable[[PITMasker], nd.NDArray]
 #: normalisation constants of a β/γ masker (for the soft kernel size): masker -> array.
 NormFn = Callable[[PITMasker], Any]
 
+#: positions of a masker's mask elements in a mask bank's vector: masker -> int array.
+SlotFn = Callable[[PITMasker], np.ndarray]
+
 
 def default_norm(ctx: mx.Context) -> NormFn:
     """Each masker's `norm` vector as an NDArray on `ctx`."""
@@ -81,6 +84,12 @@ class FeaturesCalculator(abc.ABC):
     def kept_indices(self, kept: dict[int, np.ndarray]) -> np.ndarray:
         """Indices of the features a pruned network keeps, given each masker's kept channels."""
 
+    @abc.abstractmethod
+    def slots(self, slot_of: SlotFn, one: int) -> np.ndarray:
+        """Per feature, the position of its mask element in a mask bank's vector (`slot_of`
+        gives a masker's positions; `one` is the position of a constant 1). Lets the bank
+        compute every layer's masks and soft counts as a few vector operations."""
+
     @property
     def is_constant(self) -> bool:
         """True when no trainable mask can change the count."""
@@ -116,6 +125,9 @@ class ConstFeaturesCalculator(FeaturesCalculator):
     def kept_indices(self, kept: dict[int, np.ndarray]) -> np.ndarray:
         return np.arange(self._size)
 
+    def slots(self, slot_of: SlotFn, one: int) -> np.ndarray:
+        return np.full(self._size, one, dtype=np.int64)
+
 
 class MaskerFeaturesCalculator(FeaturesCalculator):
     """The alive output channels of the layer(s) owning one α masker."""
@@ -150,6 +162,11 @@ class MaskerFeaturesCalculator(FeaturesCalculator):
         if self.masker.frozen:
             return np.arange(self.masker.size)
         return np.asarray(kept[id(self.masker)])
+
+    def slots(self, slot_of: SlotFn, one: int) -> np.ndarray:
+        if self.masker.frozen:
+            return np.full(self.masker.size, one, dtype=np.int64)
+        return np.asarray(slot_of(self.masker), dtype=np.int64)
 
 
 class ConcatFeaturesCalculator(FeaturesCalculator):
@@ -196,6 +213,9 @@ class ConcatFeaturesCalculator(FeaturesCalculator):
             offset += part.size
         return np.concatenate(out)
 
+    def slots(self, slot_of: SlotFn, one: int) -> np.ndarray:
+        return np.concatenate([part.slots(slot_of, one) for part in self.inputs])
+
 
 class FlattenFeaturesCalculator(FeaturesCalculator):
     """A flatten of (C, positions...) into C x multiplier features, channel-major."""
@@ -227,3 +247,6 @@ class FlattenFeaturesCalculator(FeaturesCalculator):
     def kept_indices(self, kept: dict[int, np.ndarray]) -> np.ndarray:
         channels = self.previous.kept_indices(kept)
         return (channels[:, None] * self.multiplier + np.arange(self.multiplier)).reshape(-1)
+
+    def slots(self, slot_of: SlotFn, one: int) -> np.ndarray:
+        return np.repeat(self.previous.slots(slot_of, one), self.multiplier)

@@ -38,9 +38,20 @@ class PITMasker(gluon.HybridBlock):
         """The soft (continuous) mask from parameter values."""
         raise NotImplementedError
 
+    def bind(self, values: Any) -> None:
+        """Read and write the trainable values through `values` (a `bank.BankSlice`: this
+        masker's part of a model's mask bank) instead of a parameter of its own."""
+        own = getattr(self, self.param_name)
+        self._reg_params.pop(self.param_name, None)
+        self._params._params.pop(own.name, None)
+        # object.__setattr__: Gluon refuses to replace a Parameter attribute by another type.
+        object.__setattr__(self, self.param_name, values)
+
     @property
     def trainable(self) -> bool:
-        """False stops the gradient at the mask (train_channels/train_rf/train_dilation)."""
+        """Whether this mask is searched (train_channels/train_rf/train_dilation, per layer or
+        per layer type); False stops its gradient. The search phases freeze masks on top of
+        this (`PITModel.freeze_masks`) without changing it."""
         return self._trainable
 
     @trainable.setter

@@ -82,7 +82,9 @@ class LayerEntry:
     """A weight layer of the converted network, in graph order.
 
     `role` is "pit" (a PIT layer), "fixed" (a plain Conv/Dense left as it is, whose input may
-    still shrink) or "opaque" (any other block with weights: counted at its full cost).
+    still shrink) or "opaque" (any other block with weights: counted at its full cost). A block
+    called more than once (shared weights) is one opaque entry whose `calls` lists the output
+    shape of every call, so its weights are counted once and its operations at every call.
     """
 
     path: str
@@ -90,6 +92,7 @@ class LayerEntry:
     role: str
     output_shape: tuple[int, ...]
     input_calculator: FeaturesCalculator | None = None
+    calls: list[tuple[int, ...]] = field(default_factory=list)
 
 
 @dataclass
@@ -359,6 +362,13 @@ def convert(net: gluon.HybridBlock, input_shape: Sequence[int], autoconvert_laye
                 int(block.weight.shape[1]) * groups
         return False
 
+    def grouped(node: Node) -> bool:
+        """A grouped convolution that is not depthwise (PIT cannot prune its inputs)."""
+        block = node.block
+        if isinstance(block, (nn.Conv1D, nn.Conv2D)) and not depthwise(node):
+            return int(block._kwargs["num_group"]) > 1
+        return False
+
     # --- components ---------------------------------------------------------------------
     uf = _UnionFind()
     definers: dict[int, list[int]] = {}
@@ -378,6 +388,10 @@ def convert(net: gluon.HybridBlock, input_shape: Sequence[int], autoconvert_laye
             definers.setdefault(node.index, []).append(node.index)
             if node.kind == "layer" and node.attrs.get("role") == "fixed":
                 to_freeze.append(node.index)
+                if grouped(node):
+                    # A grouped convolution mixes channels within fixed groups: removing some
+                    # of its inputs would regroup the rest, so its producer keeps them all.
+                    to_freeze.extend(data_inputs)
         elif node.kind == "bn":
             uf.union(node.index, data_inputs[0])
             if node.attrs.get("role") == "fixed":
@@ -469,9 +483,13 @@ def convert(net: gluon.HybridBlock, input_shape: Sequence[int], autoconvert_laye
     # --- replace blocks and wire calculators ---------------------------------------------
     layers: list[LayerEntry] = []
     batchnorms: list[tuple[str, PITBatchNorm]] = []
+    shared: dict[int, LayerEntry] = {}
     ctx = _contexts(net)
     for node in nodes:
         if node.kind not in ("layer", "bn", "opaque") or node.block is None:
+            continue
+        if id(node.block) in shared:  # a further call of a block with shared weights
+            shared[id(node.block)].calls.append(node.shape)
             continue
         role = node.attrs.get("role")
         block = node.block
@@ -483,7 +501,10 @@ def convert(net: gluon.HybridBlock, input_shape: Sequence[int], autoconvert_laye
             if flatten and len(source.shape) > 2:
                 in_calc = FlattenFeaturesCalculator(in_calc, int(np.prod(source.shape[2:])))
         if node.kind == "opaque":
-            layers.append(LayerEntry(node.path, block, "opaque", node.shape))
+            entry = LayerEntry(node.path, block, "opaque", node.shape, calls=[node.shape])
+            if calls[id(block)] > 1:
+                shared[id(block)] = entry
+            layers.append(entry)
             continue
         if role == "convert":
             if node.kind == "bn" and isinstance(out_calc, ConstFeaturesCalculator):

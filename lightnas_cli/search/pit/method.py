@@ -7,11 +7,17 @@ trained with
 
 where the regularizer is the network's size, MACs or FLOPs computed from the continuous masks
 (`pit.regularizer`, `pit.strength` = λ; `pit.normalize` divides it by the seed's cost so λ is
-relative). Weights and masks have separate optimizers. Epochs run in three phases:
+relative; `pit.cost_layers` and `pit.discrete_cost` are PLiNIO's `full_cost` and
+`discrete_cost`). Weights and masks have separate optimizers (the masks: one parameter, the
+model's mask bank). Epochs run in three phases:
 
 1. warm-up (`pit.warmup_epochs`): weights only, masks frozen at 1, no regularizer;
-2. search: weights and masks, with the regularizer;
+2. search: weights and masks (with λ = 0 the task loss alone trains the masks), regularizer;
 3. fine-tuning (`pit.finetune_epochs`): masks frozen at their binarized values, weights only.
+
+Which masks are searched at all comes from `pit.train_channels/train_rf/train_dilation` and
+their per-layer-type lists (`pit.train_*_types`); the phases freeze masks on top of that and
+never change it.
 
 Tasks: `classification` (softmax cross-entropy, accuracy reported) or `reconstruction` (mean
 squared error between the output and the flattened input, labels ignored, no accuracy), which
@@ -25,6 +31,7 @@ weights, which computes the same function.
 from __future__ import annotations
 
 import inspect
+from typing import Sequence
 
 import mxnet as mx
 import numpy as np
@@ -38,8 +45,12 @@ from lightnas_cli.errors import ArchitectureError, ConfigError
 from lightnas_cli.search.base import Architecture, Decision, SearchMethod
 from lightnas_cli.search.pit.config import regularizer_cost_model
 from lightnas_cli.search.pit.conv import PITConvBase
+from lightnas_cli.search.pit.conv1d import PITConv1D
+from lightnas_cli.search.pit.conv2d import PITConv2D
+from lightnas_cli.search.pit.dense import PITDense
 from lightnas_cli.search.pit.model import PITModel
 from lightnas_cli.search.pit.regularizers import REPORTED_COSTS
+from lightnas_cli.search.pit.step import SearchStep
 from lightnas_cli.search.training import (TASKS, evaluate, make_trainer, structural_params,
                                           weight_trainer)
 from lightnas_cli.seeding import seed_everything
@@ -47,6 +58,26 @@ from lightnas_cli.seeding import seed_everything
 #: The Gluon classes `pit.exclude_types` names (the schema lists the allowed names).
 EXCLUDABLE_TYPES = {"Conv1D": nn.Conv1D, "Conv2D": nn.Conv2D, "Dense": nn.Dense,
                     "BatchNorm": nn.BatchNorm}
+#: The layer-type names `pit.train_*_types` use, by PIT layer class.
+LAYER_TYPE_NAMES = {PITConv1D: "Conv1D", PITConv2D: "Conv2D", PITDense: "Dense"}
+
+
+def apply_type_flags(model: PITModel, channels: Sequence[str], rf: Sequence[str],
+                     dilation: Sequence[str]) -> None:
+    """Stop searching the masks of layer types not listed (per-layer flags, which the search
+    phases keep). A channel mask shared by several layers (outputs added) is searched only
+    when all their types are listed."""
+    for _, layer in model.pit_layers:
+        name = LAYER_TYPE_NAMES.get(type(layer))
+        if name is None:
+            continue
+        if name not in channels:
+            layer.train_features = False
+        if isinstance(layer, PITConvBase):
+            if name not in rf:
+                layer.train_rf = False
+            if name not in dilation:
+                layer.train_dilation = False
 
 
 def decision_kind(value: int, full: int) -> str:
@@ -77,16 +108,21 @@ class PitSearch(SearchMethod):
                 train_dilation=bool(self.pit_cfg.train_dilation))
         except ValueError as exc:
             raise ConfigError(f"pit: cannot convert model {self.model_name!r}: {exc}") from None
+        apply_type_flags(self.model, self.pit_cfg.train_channels_types,
+                         self.pit_cfg.train_rf_types, self.pit_cfg.train_dilation_types)
         self.cost_name = regularizer_cost_model(self.pit_cfg.regularizer)
         self.cost_names = tuple(dict.fromkeys(REPORTED_COSTS + (self.cost_name,)))
         self.full_costs = self._discrete_costs()
         self.full_cost = float(self.full_costs[self.cost_name])
+        # The regularizer's own normaliser: the seed's cost over the layers it counts.
+        scoped = self.model.costs(soft=False, names=(self.cost_name,),
+                                  scope=self.pit_cfg.cost_layers)[self.cost_name]
+        self.regularizer_full = max(float(scoped), 1.0)
         if config.train.hybridize and self.model.hybrid_trainable:
             self.model.hybridize()
         elif config.train.hybridize:
             logger.info("pit: training imperatively (not hybridized): MXNet 1.9.1 cannot "
                         "back-propagate a hybridized batch norm over 1-D (N x C x L) data")
-        self._masks_frozen: bool | None = None
         self.weights = weight_trainer(self.model.net_parameters(), config.train, contexts,
                                      self.task)
         nas = self.model.nas_parameters()
@@ -122,58 +158,37 @@ class PitSearch(SearchMethod):
             return "finetune"
         return "search"
 
-    def _set_masks_frozen(self, frozen: bool) -> None:
-        if self._masks_frozen is not frozen:
-            self.model.freeze_masks(frozen)
-            self._masks_frozen = frozen
-
     def _discrete_costs(self) -> dict:
         """The pruned network's reported costs and the regularizer's, by cost-model name."""
         found = self.model.costs(soft=False, names=self.cost_names)
         return {name: found[name] for name in self.cost_names}
 
-    def _regularizer(self, ctx: mx.Context) -> nd.NDArray:
-        value = self.model.regularizer(self.pit_cfg.regularizer, ctx)
-        if self.pit_cfg.normalize:
-            value = value / self.full_cost
-        return value
+    def search_step(self, phase: str) -> SearchStep:
+        """The hooks of one epoch in `phase`: in the search phase the masks train (whenever
+        some mask is trainable, λ = 0 included) and λ > 0 adds the regularizer."""
+        search = phase == "search"
+        self.model.freeze_masks(not search)
+        strength = float(self.pit_cfg.strength) if search else 0.0
+        weight = strength / (self.regularizer_full if self.pit_cfg.normalize else 1.0)
+        return SearchStep(self.model, self.arch_trainer if search else None, self.cost_name,
+                          weight, bool(self.pit_cfg.discrete_cost), self.pit_cfg.cost_layers)
 
     # --- training -----------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
         config = self.config
         phase = self.phase(epoch)
-        self._set_masks_frozen(phase != "search")
-        regularize = phase == "search" and self.pit_cfg.strength > 0
+        step = self.search_step(phase)
         loader = self.data.train
         loader.set_epoch(config.seed, epoch)
-        strength = float(self.pit_cfg.strength)
-        batch_regs: list = []
-        reg_sum, seen = 0.0, 0
-
-        def add_regularizer(x: nd.NDArray, batch: int, shards: int) -> nd.NDArray:
-            # trainer.step(batch) divides by batch: add batch·λ·reg in all, split over devices
-            # (their gradients are summed).
-            reg = self._regularizer(x.context)
-            batch_regs.append(reg)
-            return (batch * strength / shards) * reg
-
-        def after_step(result) -> None:
-            nonlocal reg_sum, seen
-            seen += result.size
-            if batch_regs:
-                reg_sum += float(batch_regs[0].asscalar()) * result.size
-                batch_regs.clear()
-
         with self.logger.epoch_progress(epoch, config.train.epochs, len(loader),
                                         config.train.batch_size) as progress:
-            metrics = self.weights.train_epoch(
-                self.model, loader, progress,
-                extra_loss=add_regularizer if regularize else None,
-                also_step=(self.arch_trainer,) if regularize and self.arch_trainer else (),
-                after_step=after_step)
+            metrics = self.weights.train_epoch(step.net, loader, progress, **step.hooks())
         derived = self._discrete_costs()
-        metrics.update(phase=phase, strength=strength if regularize else 0.0,
-                       regularizer=reg_sum / max(seen, 1) if regularize else 0.0,
+        scale = 1.0 / self.regularizer_full if self.pit_cfg.normalize else 1.0
+        metrics.update(phase=phase, strength=float(self.pit_cfg.strength)
+                       if step.graph is not None else 0.0,
+                       regularizer=step.mean_cost() * scale,
+                       masks_updated=bool(step.also_step),
                        params=derived["params"], macs=derived["macs"])
         self._log_layers(epoch)
         return metrics
@@ -287,8 +302,14 @@ class PitSearch(SearchMethod):
         return net
 
     # --- state --------------------------------------------------------------------------
+    def _state_params(self) -> dict[str, gluon.Parameter]:
+        """What a checkpoint holds of the model: weights, statistics and the mask bank, not
+        the constants rebuilt from the network's structure."""
+        return {k: p for k, p in structural_params(self.model).items()
+                if not isinstance(p, gluon.Constant)}
+
     def state(self) -> tuple[dict, dict]:
-        arrays = {f"net/{k}": p._reduce() for k, p in structural_params(self.model).items()}
+        arrays = {f"net/{k}": p._reduce() for k, p in self._state_params().items()}
         weight_arrays, weight_state = self.weights.state("weights_opt")
         arrays.update(weight_arrays)
         json_state = {"global_step": self.weights.global_step, "weights_opt": weight_state,
@@ -300,10 +321,14 @@ class PitSearch(SearchMethod):
         return arrays, json_state
 
     def load_state(self, arrays: dict, json_state: dict) -> None:
-        for key, param in structural_params(self.model).items():
+        for key, param in self._state_params().items():
             name = f"net/{key}"
             if name not in arrays:
-                raise ArchitectureError(f"checkpoint lacks {name}: written by another model")
+                older = name.endswith("/masks") and any(k.endswith("alpha") for k in arrays)
+                raise ArchitectureError(
+                    f"checkpoint lacks {name}: written by an older LightNAS, which kept one "
+                    f"parameter per mask; start the search again with this version"
+                    if older else f"checkpoint lacks {name}: written by another model")
             # Fresh buffers first: after an inference pass oneDNN may hold a weight in its own
             # layout, and copying into such a buffer fails ("Check failed: to.IsDefaultData").
             param.initialize(ctx=param.list_ctx(), force_reinit=True)

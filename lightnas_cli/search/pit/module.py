@@ -1,12 +1,17 @@
 """What every PIT layer shares: masker wiring, features calculators and flags.
 
-A masker may be used by several layers (residual adds share one α). Each layer registers the
-masker as a child (so `collect_params` finds its parameters once) and puts the masker's
+A masker may be used by several layers (residual adds share one α). A layer on its own registers
+the masker as a child (so `collect_params` finds its parameters once) and puts the masker's
 parameters among its own (`_reg_params`), so Gluon hands their values to `hybrid_forward` in
 imperative and hybridized graphs alike; there they become binary masks (`binarize`).
+
+Inside a `PITModel` the layers are bound to the model's mask bank (bank.py) instead: the model
+computes every mask at once and hands each layer its weight and channel masks (`feed`) for
+the forward pass; the layer then holds no masker parameters of its own.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from mxnet import gluon
@@ -24,7 +29,9 @@ class PITLayer(gluon.HybridBlock):
     def __init__(self, prefix: str | None = None, threshold: float = DEFAULT_THRESHOLD):
         super().__init__(prefix=prefix)
         self.threshold = float(threshold)
-        self._roles: dict[str, list[tuple[PITMasker, dict[str, str]]]] = {}
+        # Maskers by role, in a namespace: bound to a model's bank, a layer no longer
+        # registers its maskers as children, and Gluon warns about lists of Blocks it holds.
+        self._wiring = SimpleNamespace(roles={})
         self._input_calculator: FeaturesCalculator | None = None
         self._output_calculator: FeaturesCalculator | None = None
         # Output shape of one sample (batch 1), set when the model graph is traced.
@@ -32,6 +39,15 @@ class PITLayer(gluon.HybridBlock):
         # False when a following (PIT) batch norm applies the output channel mask instead
         # (PLiNIO masks after the batch norm: y = α ⊙ BN(conv(x))).
         self.mask_output = True
+        # Bound to a PITModel's mask bank: masks come from `feed`, set by the model for the
+        # length of one forward pass (by name: weight_mask, channel_mask, and the masked
+        # bias, gamma, beta; a name is absent when there is nothing to mask).
+        self.bank_bound = False
+        self.feed: dict[str, Any] | None = None
+
+    @property
+    def _roles(self) -> dict[str, list[tuple[PITMasker, dict[str, str]]]]:
+        return self._wiring.roles
 
     def _adopt(self, key: str, param: gluon.Parameter | None) -> None:
         """Take over a parameter of the layer being converted (same object, same name)."""
@@ -58,6 +74,25 @@ class PITLayer(gluon.HybridBlock):
             entries.append((masker, keys))
         self._roles[role] = entries
         self._clear_cached_op()
+
+    def bind_to_bank(self) -> None:
+        """Stop holding masker parameters: from now on the model's mask bank feeds the masks."""
+        for role, entries in self._roles.items():
+            for index, (_, keys) in enumerate(entries):
+                self._children.pop(f"{role}{index}", None)
+                for key in keys.values():
+                    self._reg_params.pop(key, None)
+            self._roles[role] = [(masker, {}) for masker, _ in entries]
+        self.bank_bound = True
+        self._clear_cached_op()
+
+    def fed_masks(self) -> dict[str, Any]:
+        """The masks (and masked parameters) the model handed over for this forward pass."""
+        if self.feed is None:
+            raise RuntimeError(f"{self.name} is part of a PITModel and reads its masks from the "
+                               f"model's mask bank: call the PITModel, not the layer or the "
+                               f"network inside it")
+        return self.feed
 
     def _thetas(self, F: Any, params: dict, role: str) -> list[Any]:
         out = []
