@@ -103,11 +103,16 @@ def scaled_width(channels: int, multiplier: float, divisor: int) -> int:
     return int(width)
 
 
-def channel_shuffle(F: Any, x: Any, groups: int) -> Any:
-    """ShuffleNet's channel shuffle: (N, g·c, H, W) -> (N, g, c, H, W) -> swap -> back."""
-    x = F.reshape(x, shape=(0, -4, groups, -1, -2))
-    x = F.swapaxes(x, 1, 2)
-    return F.reshape(x, shape=(0, -3, -2))
+def channel_shuffle(F: Any, x: Any, groups: int, channels: int) -> Any:
+    """ShuffleNet's channel shuffle: (N, g·c, H, W) -> (N, g, c, H·W) -> swap g and c -> back.
+
+    Written with reshape codes 0 and -1 and `reshape_like` only (not -2/-3/-4), which MXNet's
+    ONNX exporter converts; the element order is that of the 5-D (N, g, c, H, W) swap."""
+    y = F.reshape(x, shape=(0, groups, channels // groups, -1))
+    # swapaxes, not transpose: oneDNN fails on transpose's backward next to grouped
+    # convolutions ("could not create a primitive descriptor for a reorder primitive").
+    y = F.swapaxes(y, 1, 2)
+    return F.reshape_like(y, x)
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ class FBNetBlock(gluon.HybridBlock):
                                   f"divisible by {groups}, got {width}; choose another "
                                   f"width_multiplier or channel_divisor")
         self.groups = groups
+        self.widths = (mid, out_channels)
         self.residual = stride == 1 and in_channels == out_channels
         with self.name_scope():
             self.expand = _conv(mid, 1, 1, in_channels, groups, not bn)
@@ -180,7 +186,7 @@ class FBNetBlock(gluon.HybridBlock):
             out = self.bn1(out)
         out = F.relu(out)
         if self.groups > 1:
-            out = channel_shuffle(F, out, self.groups)
+            out = channel_shuffle(F, out, self.groups, self.widths[0])
         out = self.depthwise(out)
         if self.bn2 is not None:
             out = self.bn2(out)
@@ -189,7 +195,7 @@ class FBNetBlock(gluon.HybridBlock):
         if self.bn3 is not None:
             out = self.bn3(out)
         if self.groups > 1:
-            out = channel_shuffle(F, out, self.groups)
+            out = channel_shuffle(F, out, self.groups, self.widths[1])
         return out + x if self.residual else out
 
 
@@ -224,6 +230,7 @@ class SEBottleneck(gluon.HybridBlock):
                 raise ConfigError(f"FBNet-SE block with {groups} groups needs {what} channels "
                                   f"divisible by {groups}, got {width}")
         self.groups = groups
+        self.mid = mid
         self.shuffle = shuffle and groups > 1
         with self.name_scope():
             self.conv1 = _conv(mid, 1, 1, in_channels, groups, False)
@@ -248,7 +255,7 @@ class SEBottleneck(gluon.HybridBlock):
     def hybrid_forward(self, F, x):
         out = F.relu(self.bn1(self.conv1(x)))
         if self.shuffle:
-            out = channel_shuffle(F, out, self.groups)
+            out = channel_shuffle(F, out, self.groups, self.mid)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.se is not None:

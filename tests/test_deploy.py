@@ -19,7 +19,8 @@ from conftest import REPO, TINY_ENAS, cli_env, run_cli, write_config
 onnx = pytest.importorskip("onnx", reason="the [onnx] extra (onnx==1.14.1) is not installed")
 
 TINY = {"epochs": 1, "batch_size": 16}
-# One tiny mock run per method and zoo family; each must export to ONNX and pass the check.
+# One tiny mock run per method and zoo family; each must export to ONNX and pass the check
+# (FBNet's, which needs a latency table, is in tests/test_fbnet_cli.py).
 RUNS = {
     "enas_resnet_e": TINY_ENAS,
     "enas_meliusnet": {**TINY_ENAS, "model": {"name": "meliusnet22", "base_channels": 8},
@@ -33,6 +34,11 @@ RUNS = {
                                                   "num_train": 48, "num_test": 16}},
                 "model": {"name": "tcn", "options": {"channels": [4, 6], "kernel_size": 5}},
                 "train": {**TINY, "epochs": 2}, "pit": {"strength": 1.0, "arch_lr": 0.3}},
+    "dmasking_lenet": {"method": "dmasking", "seed": 1,
+                       "data": {"name": "mock", "mock": {"num_classes": 4, "shape": [1, 12, 12],
+                                                         "num_train": 64, "num_test": 16}},
+                       "model": {"name": "lenet"}, "train": TINY,
+                       "dmasking": {"systolic": {"s1": 8, "s2": 8, "sharpness": 5.0}}},
     "pit_dscnn": {"method": "pit", "seed": 1,
                   "data": {"name": "mock", "mock": {"num_classes": 3, "shape": [1, 20, 6],
                                                     "num_train": 32, "num_test": 16}},

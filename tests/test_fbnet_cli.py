@@ -189,3 +189,13 @@ def test_a_table_for_other_shapes_is_refused(workdir: Path) -> None:
     assert "Traceback" not in result.stderr
     missing = run_cli(["latency", "show", "tables/none.json"], workdir)
     assert missing.returncode == 2 and "lightnas latency build" in missing.stderr
+
+
+def test_derived_fbnet_exports_to_onnx(workdir: Path) -> None:
+    """Channel shuffles and the head of a derived FBNet convert to ONNX and agree with MXNet
+    under ONNX's reference evaluator (the export refuses itself otherwise)."""
+    pytest.importorskip("onnx", reason="the [onnx] extra is not installed")
+    result = ok(run_cli(["export", "full", "--format", "onnx", "--kind", "inference_only",
+                         "--out", "onnx_out"], workdir))
+    assert ".onnx" in result.stdout
+    assert list((workdir / "onnx_out").glob("epoch-*/inference_only/*.onnx"))

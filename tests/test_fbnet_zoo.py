@@ -72,8 +72,13 @@ def test_block_shapes_residual_and_groups() -> None:
 def test_channel_shuffle_by_hand() -> None:
     x = nd.arange(6).reshape((1, 6, 1, 1))
     # Two groups of three channels (0 1 2 | 3 4 5) interleave to 0 3 1 4 2 5.
-    out = fbnet.channel_shuffle(nd, x, 2).asnumpy().ravel().tolist()
+    out = fbnet.channel_shuffle(nd, x, 2, 6).asnumpy().ravel().tolist()
     assert out == [0, 3, 1, 4, 2, 5]
+    # With a spatial map each position moves with its channel.
+    y = nd.arange(24).reshape((1, 6, 2, 2))
+    shuffled = fbnet.channel_shuffle(nd, y, 3, 6).asnumpy()
+    assert shuffled.shape == (1, 6, 2, 2)
+    assert [int(c[0, 0]) // 4 for c in shuffled[0]] == [0, 2, 4, 1, 3, 5]
 
 
 def test_margin_heads_by_hand() -> None:

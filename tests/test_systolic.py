@@ -183,10 +183,10 @@ def test_systolic_pit_regularizer_is_differentiable() -> None:
             gluon.nn.Conv2D(12, 3, padding=1, groups=12, in_channels=12),
             gluon.nn.Activation("relu"), gluon.nn.Dense(4, in_units=12 * 6 * 6))
     net.initialize()
-    pit = PITModel(net, (2, 6, 6))
     plain = costs.get_cost_model("systolic").total(costs.profile(net, (2, 6, 6)))
+    pit = PITModel(net, (2, 6, 6))
     assert pit.costs(soft=False, names=("systolic",))["systolic"] == plain
-    masks = [masker.nas_parameter for masker in pit.all_maskers()]
+    masks = list(pit.nas_parameters())
     with autograd.record():
         value = pit.regularizer("systolic")
     value.backward()

@@ -82,7 +82,7 @@ class FBNetConfig:
     # 0 = off.
     bn_recalibration_batches: int = setting(8, ge=0)
     # Initial value of every θ (the paper and seed 003: 1.0, i.e. uniform).
-    theta_init: float = 1.0
+    theta_init: float = setting(1.0, ge=-100, le=100)
     # Optimizer of θ, on the validation split: adam | sgd (the paper: Adam, lr 0.01, wd 5e-4).
     arch_optimizer: str = setting("adam", choices=("adam", "sgd"))
     arch_lr: float = setting(0.01, gt=0)
