@@ -227,9 +227,14 @@ def set_aside(directory: Path, checkpoint: Checkpoint,
         if warn:
             warn(f"moved the unusable checkpoint {source.name} to {target.name}")
     if moved:
-        atomic_write(directory / LATEST, _name(checkpoint.epoch) + "\n")
-        fsync_dir(directory)
+        point_latest(directory, checkpoint.epoch)
     return moved
+
+
+def point_latest(directory: Path, epoch: int) -> None:
+    """Make `latest` name checkpoint `epoch` (after newer ones were moved away)."""
+    atomic_write(directory / LATEST, _name(epoch) + "\n")
+    fsync_dir(directory)
 
 
 # --- Gluon Trainer state without pickle -----------------------------------------------------

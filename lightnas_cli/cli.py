@@ -142,17 +142,24 @@ def resume(run: str = typer.Argument(..., help="Run or sweep name (under trainin
                           "(not run/data/model/method/seed)."),
            epochs: Optional[int] = typer.Option(None, "--epochs",
                                                 help="New total number of epochs."),
+           from_epoch: Optional[int] = typer.Option(
+               None, "--from-epoch",
+               help="Go on from this epoch's checkpoint; later epochs' files are moved to "
+                    "<run>/superseded/from-epoch-NNNN/, not deleted."),
            root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
-    """Continue a run from its last complete checkpoint, or a sweep from its trials."""
+    """Continue a run from its last complete checkpoint (or --from-epoch N), or a sweep from
+    its trials."""
     from lightnas_cli import runner, sweep as sweep_mod
     folder = sweep_mod.find_sweep(run, root)
     if folder is not None:
-        if epochs is not None or overrides:
-            raise LightNASError("--epochs and overrides apply to a run, not to a sweep; resume "
+        if epochs is not None or overrides or from_epoch is not None:
+            raise LightNASError("--epochs, --from-epoch and overrides apply to a run, not to a "
+                                "sweep; resume "
                                 "a trial (trainings/<sweep>/trial_<k>) to change it")
         _out.print(f"finished: {sweep_mod.resume_sweep(folder)}", markup=False)
         return
-    result = runner.resume_search(run, epochs, root, overrides=overrides or [])
+    result = runner.resume_search(run, epochs, root, overrides=overrides or [],
+                                  from_epoch=from_epoch)
     _out.print(f"finished: {result.path}", markup=False)
 
 

@@ -179,8 +179,11 @@ def _load_method_state(method, ckpt: checkpoint.Checkpoint) -> None:
 
 
 def resume_search(reference: str, epochs: int | None = None, root: Path = Path("trainings"),
-                  logger_factory=RunLogger, overrides: Sequence[str] = ()) -> RunDir:
-    """Continue a run from its newest usable checkpoint (falling back past corrupt ones).
+                  logger_factory=RunLogger, overrides: Sequence[str] = (),
+                  from_epoch: int | None = None) -> RunDir:
+    """Continue a run from its newest usable checkpoint (falling back past corrupt ones), or
+    from epoch `from_epoch`'s: what the run wrote for later epochs is then moved to
+    `superseded/from-epoch-NNNN/` (RunDir.set_aside_after), never deleted.
 
     `overrides` may change training keys (a lower `train.lr` after a divergence, say) but
     not those in FIXED_ON_RESUME. Nothing is written until the run's lock is held, its
@@ -194,7 +197,10 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
                               f"fix what the checkpoints hold; start a new run with "
                               f"`lightnas search -c {run.config_file} {item} run.name=NEW_NAME`")
     cfg = _run_config(run, overrides)
-    done = int(status.get("epoch", 0))
+    done = int(status.get("epoch", 0)) if from_epoch is None else from_epoch
+    if from_epoch is not None and from_epoch < 1:
+        raise ConfigError(f"--from-epoch {from_epoch}: epochs count from 1; the run's "
+                          f"checkpoints are the epoch-NNNN folders in {run.checkpoints}")
     if epochs is not None:
         if epochs < max(done, 1):
             raise ConfigError(f"--epochs {epochs} is below the {done} epoch(s) run "
@@ -211,7 +217,8 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
         seed_everything(cfg.seed, "setup")
         quiet = _quiet_logger(logger_factory)
         method = get_method(cfg.method)(cfg, data, contexts, quiet)
-        ckpt = checkpoint.load(run.checkpoints, warn=quiet.warn, check=_state_check(method))
+        ckpt = checkpoint.load(run.checkpoints, from_epoch, warn=quiet.warn,
+                               check=_state_check(method))
         if ckpt.epoch > cfg.train.epochs:
             raise ConfigError(f"run {run.name!r} resumes from epoch {ckpt.epoch}, beyond "
                               f"train.epochs={cfg.train.epochs}; give --epochs {ckpt.epoch} "
@@ -222,11 +229,20 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
         try:
             run.remove_temporaries()
             checkpoint.set_aside(run.checkpoints, ckpt, warn=quiet.warn)
+            if from_epoch is not None:
+                aside = run.set_aside_after(ckpt.epoch)
+                checkpoint.point_latest(run.checkpoints, ckpt.epoch)
+                if aside is not None:
+                    quiet.warn(f"moved what the run wrote after epoch {ckpt.epoch} "
+                               f"(checkpoints, exports, architecture files, a copy of the "
+                               f"metrics) to {aside}")
             if epochs is not None or overrides:
                 config_mod.save_config(cfg, run.config_file)
             run.rewrite_metrics(history)
             run.update_status(status="running", pid=os.getpid(), epochs=int(cfg.train.epochs),
-                              epoch=ckpt.epoch)
+                              epoch=ckpt.epoch,
+                              **({} if from_epoch is None else
+                                 {"final_architecture": None, "exported": None}))
         except OSError as exc:
             _stopped_by_file_system(run, exc, ckpt.epoch)
         quiet.info(f"resuming {run.name} from epoch {ckpt.epoch} ({ckpt.path.name}); "

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lightnas_cli.errors import ConfigError, RunError
-from lightnas_cli.files import (atomic_write, describe_os_error, is_environment_error,
-                                remove_stale_temporaries)
+from lightnas_cli.files import (atomic_write, describe_os_error, fsync_dir,
+                                is_environment_error, remove_stale_temporaries, unused_name)
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 LOCK_FILE = ".lock"
@@ -40,6 +40,10 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 #: Temporaries a writer of this package leaves when killed or stopped by a full disk
 #: (files.atomic_write's `.*.tmp`, checkpoint and export staging folders `.tmp-*`, swapped-out
 #: exports `.old-*`, and `.NAME.tmp-PID` files of earlier versions).
+#: Per-epoch entries: `checkpoints/epoch-NNNN`, `exported_models/epoch-NNNN`, and the
+#: architecture files `logs/architectures/epoch_N.json|.png|.dot|.txt`.
+_EPOCH_ENTRY = re.compile(r"epoch-(\d+)")
+_ARCHITECTURE_ENTRY = re.compile(r"epoch_(\d+)\.")
 TEMPORARY_PATTERNS = (".*.tmp", ".tmp-*", ".old-*", ".*.tmp-*")
 
 _INT, _NUMBER, _NONE = (int,), (int, float), (type(None),)
@@ -310,6 +314,40 @@ class RunDir:
         except RunError:
             return ""
         return f" (pid {pid})" if _pid_alive(pid) and pid != os.getpid() else ""
+
+    @property
+    def superseded(self) -> Path:
+        return self.path / "superseded"
+
+    def set_aside_after(self, epoch: int) -> Path | None:
+        """Move everything the run wrote for epochs after `epoch` (checkpoints, per-epoch
+        exports, architecture files) and a copy of metrics.jsonl into a fresh
+        `superseded/from-epoch-NNNN[-K]/`, keeping their relative paths: `resume --from-epoch`
+        goes on from `epoch` without deleting what it replaces. Call under `lock`.
+        Returns the folder, or None when nothing was newer."""
+        newer: list[Path] = []
+        for folder in (self.checkpoints, self.exported):
+            if folder.is_dir():
+                newer += [p for p in folder.iterdir()
+                          if _EPOCH_ENTRY.fullmatch(p.name)
+                          and int(_EPOCH_ENTRY.fullmatch(p.name).group(1)) > epoch]
+        if self.architectures.is_dir():
+            newer += [p for p in self.architectures.iterdir()
+                      if _ARCHITECTURE_ENTRY.match(p.name)
+                      and int(_ARCHITECTURE_ENTRY.match(p.name).group(1)) > epoch]
+        if not newer:
+            return None
+        target = unused_name(self.superseded / f"from-epoch-{epoch:04d}")
+        target.mkdir(parents=True)
+        if self.metrics_file.is_file():
+            shutil.copy2(self.metrics_file, target / self.metrics_file.name)
+        for path in sorted(newer):
+            destination = target / path.relative_to(self.path)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)
+        if self.checkpoints.is_dir():
+            fsync_dir(self.checkpoints)
+        return target
 
     def remove_temporaries(self) -> list[Path]:
         """Delete what killed or failed writers left (any process's); call under `lock`."""

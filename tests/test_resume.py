@@ -97,3 +97,33 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path: Path) -> Non
     resumed = run_cli(["resume", "stopped", "--epochs", "2"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in _metrics(tmp_path / "trainings" / "stopped")] == [1, 2]
+
+
+def test_resume_from_an_earlier_epoch_moves_later_files_aside_and_reruns_them(
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path, {**TINY_ENAS, "train": {**TINY_ENAS["train"], "epochs": 3}})
+    assert run_cli(["search", "-c", str(config), "run.name=r"], tmp_path).returncode == 0
+    run = tmp_path / "trainings" / "r"
+    reference = _metrics(run)
+
+    bad = run_cli(["resume", "r", "--from-epoch", "9"], tmp_path)
+    assert bad.returncode == 2 and "available epochs: [1, 2, 3]" in bad.stderr, bad.stderr
+    assert not (run / "superseded").exists()
+
+    again = run_cli(["resume", "r", "--from-epoch", "1"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    aside = run / "superseded" / "from-epoch-0001"
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == ["epoch-0002",
+                                                                          "epoch-0003"]
+    assert (aside / "exported_models" / "epoch-0003" / "inference_only").is_dir()
+    assert (aside / "logs" / "architectures" / "epoch_3.json").is_file()
+    assert _metrics(aside) == reference
+    # Same config, same checkpoint: epochs 2 and 3 come out as they did the first time.
+    rerun = _metrics(run)
+    assert [r["epoch"] for r in rerun] == [1, 2, 3]
+    for before, after in zip(reference, rerun):
+        assert {k: v for k, v in before.items() if k != "seconds"} == \
+               {k: v for k, v in after.items() if k != "seconds"}
+    assert (run / "checkpoints" / "latest").read_text().strip() == "epoch-0003"
+    assert (run / "exported_models" / "epoch-0003" / "inference_only").is_dir()
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
