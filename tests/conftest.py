@@ -48,3 +48,45 @@ def write_config(folder: Path, config: dict, name: str = "config.yml") -> Path:
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Path:
     return write_config(tmp_path, TINY_ENAS)
+
+
+# --- Two pytest processes sharing the suite (shell_scripts/test.sh) ---------------------------
+# With LIGHTNAS_TEST_CLAIMS=DIR, a process runs a test file only after claiming it (creating
+# DIR/<file>.claim exclusively); files another process claimed first are left to it. With
+# LIGHTNAS_TEST_REVERSE=1 it walks the files from the last one, so two processes start at
+# opposite ends and meet wherever the durations put them: balanced without a duration table,
+# each file (and its module fixtures) in one process, each test run exactly once.
+
+_CLAIMS = os.environ.get("LIGHTNAS_TEST_CLAIMS")
+_owned: dict[str, bool] = {}
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    if not _CLAIMS or os.environ.get("LIGHTNAS_TEST_REVERSE") != "1":
+        return
+    order: list[str] = []
+    by_file: dict[str, list] = {}
+    for item in items:
+        if item.nodeid.split("::")[0] not in by_file:
+            order.append(item.nodeid.split("::")[0])
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+    items[:] = [item for name in reversed(order) for item in by_file[name]]
+
+
+def _claim(test_file: str) -> bool:
+    if test_file not in _owned:
+        marker = Path(_CLAIMS) / (test_file.replace("/", "__") + ".claim")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            _owned[test_file] = True
+        except FileExistsError:
+            _owned[test_file] = False
+    return _owned[test_file]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Run the item only if this process owns its file; True tells pytest it was handled."""
+    if _CLAIMS and not _claim(item.nodeid.split("::")[0]):
+        return True
+    return None

@@ -165,10 +165,10 @@ def test_label_smoothing_and_distillation_by_hand() -> None:
 def test_distillation_from_a_teacher_export_changes_training(work: Path) -> None:
     teacher = next((work / "trainings" / "enas" / "exported_models").glob(
         "epoch-*/inference_only"))
-    ok(run_cli(["train", "enas", "-c", "train.yml", "run.name=t_kd", "train.epochs=1",
+    short = ["train.epochs=1", "data.limit_train=64"]
+    ok(run_cli(["train", "enas", "-c", "train.yml", "run.name=t_kd", *short,
                 f"distill.teacher={teacher}", "distill.weight=0.9"], work))
-    ok(run_cli(["train", "enas", "-c", "train.yml", "run.name=t_plain", "train.epochs=1"],
-               work))
+    ok(run_cli(["train", "enas", "-c", "train.yml", "run.name=t_plain", *short], work))
     kd, plain = metrics(work / "trainings" / "t_kd")[0], metrics(work / "trainings" /
                                                                   "t_plain")[0]
     assert kd["train_loss"] != plain["train_loss"]
