@@ -46,9 +46,9 @@ from lightnas_cli.search.fbnet import space as fbnet_space
 from lightnas_cli.search.fbnet.supernet import FBNetSupernet
 from lightnas_cli.search.relaxation import temperature_at
 from lightnas_cli.search.training import (ClassificationTask, EpochTrainer, LearningRateSchedule,
-                                          evaluate, make_trainer, schedule_from_config,
-                                          structural_params, weight_trainer,
-                                          weight_trainer_from_config)
+                                          average_statistics, evaluate, make_trainer,
+                                          schedule_from_config, structural_params,
+                                          weight_trainer, weight_trainer_from_config)
 from lightnas_cli.seeding import derive_seed, seed_everything
 
 
@@ -309,6 +309,8 @@ class FBNetSearch(SearchMethod):
         finally:
             for block, value in zip(norms, momentum):
                 block._kwargs["momentum"] = value
+        # Launched workers each measured their own shard: use the mean of their estimates.
+        average_statistics(net.collect_params(), "fbnet/recalibration")
         source = structural_params(self.supernet.net)
         for path, param in structural_params(net).items():
             if path.endswith(("running_mean", "running_var")):
