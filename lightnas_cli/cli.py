@@ -90,6 +90,38 @@ def search(config: Path = typer.Option(..., "-c", "--config", help="YAML config 
     _out.print(f"finished: {run.path}", markup=False)
 
 
+class TrainInit(str, Enum):
+    scratch = "scratch"
+    search = "search"
+
+
+@app.command()
+@user_errors
+def train(source: str = typer.Argument(..., help="A search run (name or folder), an "
+                                                 "architecture JSON file, or a zoo model."),
+          config: Optional[Path] = typer.Option(None, "-c", "--config",
+                                                help="Training schedule (configs/train/*.yml)."),
+          overrides: Optional[List[str]] = typer.Argument(
+              None, help="Dotlist overrides, e.g. train.epochs=30 run.name=final"),
+          epoch: Optional[str] = typer.Option(None, "--epoch",
+                                              help="A run's epoch: a number, best (default) "
+                                                   "or latest."),
+          init: Optional[TrainInit] = typer.Option(None, "--init",
+                                                   help="scratch (default) or search: start "
+                                                        "from the search's weights."),
+          root: Path = typer.Option(Path("trainings"), "--root", help="Folder of runs.")) -> None:
+    """Train the winner of a search (or a zoo model) to completion, as a run of its own."""
+    from lightnas_cli import runner
+    from lightnas_cli.search.train.source import source_status, train_config
+    cfg = train_config(source, str(config) if config else None, overrides or [], epoch,
+                       init.value if init else None, root)
+    run = runner.start_run(cfg, status=source_status(cfg))
+    status = run.read_status()
+    accuracy = status.get("test_accuracy")
+    shown = "" if accuracy is None else f"  test accuracy {accuracy:.4f}"
+    _out.print(f"finished: {run.path}{shown}", markup=False)
+
+
 @app.command()
 @user_errors
 def sweep(config: Path = typer.Option(..., "-c", "--config",
@@ -194,8 +226,8 @@ def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of 
         _out.print(f"no runs under {root}", markup=False)
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "method", "model", "dataset", "status", "epochs", "best val acc",
-                   "cost"):
+    for column in ("name", "kind", "method", "model", "dataset", "status", "epochs",
+                   "best val acc", "test acc", "cost"):
         table.add_column(column, no_wrap=True)
     from lightnas_cli.errors import RunError
     for run in found:
@@ -204,14 +236,17 @@ def runs(root: Path = typer.Option(Path("trainings"), "--root", help="Folder of 
             state = run.effective_status()
         except RunError as exc:  # one damaged run.json must not hide the other runs
             _err.print(f"warning: {exc}", markup=False, highlight=False, soft_wrap=True)
-            table.add_row(run.name, "?", "?", "?", "unreadable", "?", "-", "-")
+            table.add_row(run.name, "?", "?", "?", "?", "unreadable", "?", "-", "-", "-")
             continue
         accuracy = status.get("best_val_accuracy")
+        test = status.get("test_accuracy")
         cost = status.get("cost")
-        table.add_row(run.name, str(status.get("method", "?")), str(status.get("model", "?")),
+        table.add_row(run.name, str(status.get("kind", "search")),
+                      str(status.get("method", "?")), str(status.get("model", "?")),
                       str(status.get("dataset", "?")), state,
                       f"{status.get('epoch', 0)}/{status.get('epochs', '?')}",
                       "-" if accuracy is None else f"{accuracy:.4f}",
+                      "-" if test is None else f"{test:.4f}",
                       "-" if cost is None else f"{cost:.4g} {status.get('cost_name', '')}")
     for folder in sweeps:
         table.add_row(*sweep_row(folder))

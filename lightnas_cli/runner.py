@@ -85,6 +85,13 @@ def start_search(config_path: str | None, overrides: Sequence[str] = (),
     record theirs in their own folder instead); `status` adds fields to run.json (a trial's
     sweep, number and overrides)."""
     cfg = config_mod.load_config(config_path, overrides)
+    return start_run(cfg, logger_factory, autosave=autosave and bool(overrides), status=status)
+
+
+def start_run(cfg: DictConfig, logger_factory=RunLogger, autosave: bool = False,
+              status: dict | None = None) -> RunDir:
+    """Run a loaded, validated config (a search, or a `lightnas train` run) in a new run
+    folder: the method is built before the folder exists, so bad input creates nothing."""
     world = launch_world.connect(cfg.train.kvstore)
     name = world.broadcast_json("run/name", run_name(cfg))  # rank 0's, if launched
     root = Path(cfg.run.root)
@@ -115,7 +122,7 @@ def start_search(config_path: str | None, overrides: Sequence[str] = (),
             raise (DiskFullError if is_disk_full(exc) else RunError)(
                 f"cannot write the new run {name!r} ({describe_os_error(exc)}); nothing was "
                 f"kept - free space or choose a writable run.root") from None
-        if overrides and autosave:
+        if autosave:
             _autosave(cfg, name, quiet)
         _run_loop(run, cfg, method, [], 1, logger_factory)
     return run

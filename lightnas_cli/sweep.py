@@ -477,7 +477,7 @@ def sweep_row(folder: Path) -> list[str]:
     try:
         sweep_cfg, trials = load_sweep(folder)
     except (LightNASError, OSError, ValueError, yaml.YAMLError):
-        return [folder.name, "sweep", "?", "?", "unreadable", "-", "-", "-"]
+        return [folder.name, "sweep", "?", "?", "?", "unreadable", "-", "-", "-", "-"]
     finished = [t for t in trials.values() if t.status == "finished" and t.objective is not None]
     best = None
     if finished:
@@ -486,8 +486,8 @@ def sweep_row(folder: Path) -> list[str]:
     state = status.get("status", "?")
     if state == "running" and not _pid_alive(int(status.get("pid", 0) or 0)):
         state = "interrupted"
-    return [folder.name, f"sweep:{status.get('method', '?')}", str(status.get("model", "?")),
+    return [folder.name, "sweep", str(status.get("method", "?")), str(status.get("model", "?")),
             str(status.get("dataset", "?")), state,
             f"{len(trials)}/{status.get('num_trials', sweep_cfg.num_trials)} trials",
-            "-" if best is None else f"{best:.4f} {sweep_cfg.objective}",
+            "-" if best is None else f"{best:.4f} {sweep_cfg.objective}", "-",
             f"front {len(front_trials(sweep_cfg, trials))} pts"]

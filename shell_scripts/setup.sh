@@ -32,11 +32,14 @@ else
   echo "[setup] .venv is up to date"
 fi
 
-# Debian packages: graphviz draws the architecture graphs (PNG), chromium checks report pages
-# in a real browser (tests/test_sweep.py, shell_scripts/check_report.sh).
+# Debian packages: graphviz draws the architecture graphs (PNG); with --with-browser also
+# chromium, which checks report pages in a real browser (the tests' setup asks for it:
+# shell_scripts/test.sh; shell_scripts/check_report.sh installs it on its own).
 missing=""
 command -v dot >/dev/null 2>&1 || missing="$missing graphviz"
-command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ "${1:-}" = "--with-browser" ]; then
+  command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+fi
 if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "[setup] installing$missing (Debian packages; about a minute for chromium)"

@@ -3,7 +3,7 @@
 # means the setup is broken, so it fails here too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash shell_scripts/setup.sh || exit $?
+bash shell_scripts/setup.sh --with-browser || exit $?
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 .venv/bin/python -m pytest "$@"
 status=$?

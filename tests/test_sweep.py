@@ -97,7 +97,7 @@ def test_runs_lists_the_sweep_with_its_trials_and_front(swept: Path) -> None:
     assert front and 4 in front  # the cheapest trial is always on the front
     row = next(line for line in run_cli(["runs"], swept).stdout.splitlines()
                if line.startswith("sw "))
-    assert "sweep:pit" in row and "4/4 trials" in row and f"front {len(front)} pts" in row
+    assert " sweep " in row and " pit " in row and "4/4 trials" in row and f"front {len(front)} pts" in row
 
 
 def test_pareto_front() -> None:

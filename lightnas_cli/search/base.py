@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mxnet import gluon
 
 #: Packages under lightnas_cli/search/ that register a method when imported.
-BUILTIN_METHODS = ("enas", "pit", "fbnet", "dmasking")
+BUILTIN_METHODS = ("enas", "pit", "fbnet", "dmasking", "train")
 
 ARCHITECTURE_FORMAT = 1
 
@@ -189,6 +189,14 @@ class SearchMethod(abc.ABC):
     @abc.abstractmethod
     def build(self, architecture: Architecture) -> "gluon.HybridBlock":
         """A plain, initialised Gluon network for the architecture, weights from the search."""
+
+    @classmethod
+    def config_for_architecture(cls, architecture: Architecture) -> dict:
+        """A config (a mapping) under which this method builds `architecture` when no run's
+        config comes with it (an architecture file on its own, for `lightnas train`): by
+        default the base model's name; methods whose model section holds the constructor
+        options map `architecture.model_options` back onto it."""
+        return {"method": cls.name, "model": {"name": architecture.base_model}}
 
     def describe(self, architecture: Architecture) -> dict[str, str]:
         """Extra facts about an architecture for summaries (label -> text); none by default.

@@ -191,15 +191,47 @@ class Task(abc.ABC):
 
 
 class ClassificationTask(Task):
-    """Softmax cross-entropy on the labels; accuracy is the arg-max hit rate."""
+    """Softmax cross-entropy on the labels; accuracy is the arg-max hit rate.
+
+    `label_smoothing` ε mixes the one-hot target with the uniform one (Szegedy et al. 2016):
+    loss = (1 - ε)·(-log p_y) + ε·mean_k(-log p_k)."""
 
     name = "classification"
 
-    def __init__(self) -> None:
+    def __init__(self, label_smoothing: float = 0.0) -> None:
         self._loss = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.label_smoothing = float(label_smoothing)
 
     def loss(self, output: nd.NDArray, label: nd.NDArray, data: nd.NDArray) -> nd.NDArray:
-        return self._loss(output, label)
+        if not self.label_smoothing:
+            return self._loss(output, label)
+        log_p = nd.log_softmax(output, axis=-1)
+        hit = -nd.pick(log_p, label, axis=-1)
+        return (1.0 - self.label_smoothing) * hit - self.label_smoothing * log_p.mean(axis=-1)
+
+
+class DistillationTask(Task):
+    """Knowledge distillation (Hinton et al. 2015): (1 - w)·task loss + w·T²·KL(p_t ‖ p_s),
+    with p = softmax(logits / T) of the teacher's and the student's outputs. The teacher runs
+    on the same batch without gradients; accuracy is the student's."""
+
+    name = "distillation"
+
+    def __init__(self, base: Task, teacher: Callable, temperature: float, weight: float):
+        self.base = base
+        self.teacher = teacher
+        self.temperature = float(temperature)
+        self.weight = float(weight)
+        self.has_accuracy = base.has_accuracy
+
+    def loss(self, output: nd.NDArray, label: nd.NDArray, data: nd.NDArray) -> nd.NDArray:
+        hard = self.base.loss(output, label, data)
+        with autograd.pause():
+            target = nd.softmax(self.teacher(data) / self.temperature, axis=-1)
+        log_student = nd.log_softmax(output / self.temperature, axis=-1)
+        log_target = nd.log(nd.maximum(target, 1e-12))
+        soft = (target * (log_target - log_student)).sum(axis=-1) * self.temperature ** 2
+        return (1.0 - self.weight) * hard + self.weight * soft
 
 
 class ReconstructionTask(Task):

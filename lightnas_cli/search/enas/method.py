@@ -268,6 +268,20 @@ class EnasSearch(SearchMethod):
                      cost_target=self.cost_target)
         return self.make_architecture(decisions, costs)
 
+    @classmethod
+    def config_for_architecture(cls, architecture: Architecture) -> dict:
+        """The model section back from the record's options: model.* keys the schema has,
+        model.options for the rest (in_channels comes from the data)."""
+        from dataclasses import fields
+
+        from lightnas_cli.search.enas.config import EnasModelConfig
+        section_keys = {f.name for f in fields(EnasModelConfig)} - {"name", "options"}
+        options = {k: v for k, v in architecture.model_options.items() if k != "in_channels"}
+        model = {"name": architecture.base_model,
+                 **{k: v for k, v in options.items() if k in section_keys},
+                 "options": {k: v for k, v in options.items() if k not in section_keys}}
+        return {"method": cls.name, "model": model}
+
     def describe(self, architecture: Architecture) -> dict[str, str]:
         """A MeliusNet architecture's custom string (`lightnas summary` of it rebuilds it)."""
         if is_meliusnet(architecture.base_model):

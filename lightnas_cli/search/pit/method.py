@@ -301,6 +301,15 @@ class PitSearch(SearchMethod):
         net(nd.zeros((1, *self.input_shape)))
         return net
 
+    @classmethod
+    def config_for_architecture(cls, architecture: Architecture) -> dict:
+        """model.options back from the record (classes, input channels and inputs come from
+        the data)."""
+        options = {k: v for k, v in architecture.model_options.items()
+                   if k not in ("classes", "in_channels", "inputs")}
+        return {"method": cls.name, "model": {"name": architecture.base_model,
+                                               "options": options}}
+
     # --- state --------------------------------------------------------------------------
     def _state_params(self) -> dict[str, gluon.Parameter]:
         """What a checkpoint holds of the model: weights, statistics and the mask bank, not
