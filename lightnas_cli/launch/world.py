@@ -49,6 +49,29 @@ def _tag_value(tag: str) -> float:
     return float(zlib.crc32(tag.encode("utf-8")))
 
 
+def init_keys(store: Any, keys: Any, values: Any) -> None:
+    """`store.init`, safe for an immediate push or pull by any worker.
+
+    In MXNet 1.9.1's dist kvstore, `init` is rank 0's push followed by a barrier, but rank 0
+    does not wait for the server to have stored the value: another worker's pull could reach
+    the server first (seen: the server aborts with "init K first"), and its push would be
+    taken for the initial value. Rank 0 therefore pulls the keys back and waits (its requests
+    reach the server in order) before a second barrier lets the others go on.
+
+    The values are copied to plain arrays first: a weight a oneDNN convolution has used is
+    held in oneDNN's layout, which the push of `init` cannot send (its engine error would be
+    lost, leaving the key uninitialised)."""
+    many = isinstance(keys, (list, tuple))
+    plain = [dense_array(v.asnumpy(), ctx=mx.cpu(), dtype=v.dtype)
+             for v in (values if many else [values])]
+    store.init(keys, plain if many else plain[0])
+    if store.rank == 0:
+        back = [mx.nd.zeros(v.shape, dtype=v.dtype) for v in plain]
+        store.pull(keys, out=back if many else back[0])
+        mx.nd.waitall()
+    store._barrier()
+
+
 class KeyRange(mx.kvstore.KVStoreBase):
     """One Trainer's view of the shared kvstore: its keys 0, 1, ... become offset, offset+1, ...
 
@@ -66,13 +89,15 @@ class KeyRange(mx.kvstore.KVStoreBase):
         return self._offset + int(key)
 
     def broadcast(self, key, value, out, priority=0):
-        self._store.broadcast(self._keys(key), value, out, priority=priority)
+        keys = self._keys(key)
+        init_keys(self._store, keys, value)
+        self._store.pull(keys, out=out, priority=priority)
 
     def pushpull(self, key, value, out=None, priority=0):
         self._store.pushpull(self._keys(key), value, out=out, priority=priority)
 
     def init(self, key, value):
-        self._store.init(self._keys(key), value)
+        init_keys(self._store, self._keys(key), value)
 
     def push(self, key, value, priority=0):
         self._store.push(self._keys(key), value, priority=priority)
@@ -144,7 +169,8 @@ class World:
             keys = list(range(self._next_collective, self._next_collective + self.size))
             self._next_collective += self.size
             # Collective: kvstore.init waits for every worker.
-            self.store.init(keys, [mx.nd.zeros((length,), dtype="float64") for _ in keys])
+            init_keys(self.store, keys,
+                      [mx.nd.zeros((length,), dtype="float64") for _ in keys])
             self._collective_keys[length] = keys
         return keys
 
