@@ -503,8 +503,9 @@ def latency_check(config: Path = typer.Option(..., "-c", "--config", help="YAML 
 
 
 def main() -> None:
+    from lightnas_cli.launch.launcher import run_entry
     install_fault_hooks()
-    app()
+    run_entry(app)
 
 
 if __name__ == "__main__":

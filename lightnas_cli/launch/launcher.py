@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Callable, Sequence
 
 from lightnas_cli.errors import ConfigError
 
@@ -308,3 +308,25 @@ def launch(command: Sequence[str], workers: int, servers: int = 1, hosts_file: P
     hosts = read_hosts(hosts_file) if hosts_file is not None else []
     roles = plan_roles(workers, servers, command, hosts, port)
     return Launch(roles, out).run()
+
+
+def run_entry(entry: Callable[[], None]) -> None:
+    """Run the CLI `entry`. A worker of a launch that fails leaves at once with its exit code
+    (`os._exit`, after flushing): a normal exit runs MXNet's exit handler, which waits at
+    ps-lite's final barrier for the other workers - forever, when they wait for this one."""
+    if os.environ.get("DMLC_ROLE") != "worker":
+        entry()
+        return
+    try:
+        entry()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # a bug: show its traceback as the CLI would, then leave
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(0)

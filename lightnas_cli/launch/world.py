@@ -89,9 +89,11 @@ class KeyRange(mx.kvstore.KVStoreBase):
         return self._offset + int(key)
 
     def broadcast(self, key, value, out, priority=0):
-        keys = self._keys(key)
-        init_keys(self._store, keys, value)
-        self._store.pull(keys, out=out, priority=priority)
+        # A Trainer's first step: the keys get rank 0's values. The workers' own values are
+        # those already: every worker builds the same network from the same seed, or loads
+        # the same checkpoint (and a pull could not write into a oneDNN-layout array). The
+        # workers' final states are compared at the end of a launch (`announce_state`).
+        init_keys(self._store, self._keys(key), value)
 
     def pushpull(self, key, value, out=None, priority=0):
         self._store.pushpull(self._keys(key), value, out=out, priority=priority)

@@ -393,9 +393,12 @@ class EpochTrainer:
                     extra_loss: ExtraLoss | None = None,
                     also_step: Sequence[gluon.Trainer] = (),
                     after_step: Callable[[BatchResult], None] | None = None,
-                    ignore_stale_grad: bool = False, prefix: str = "train") -> dict:
+                    ignore_stale_grad: bool = False, prefix: str = "train",
+                    statistics: Any = None) -> dict:
         """One pass over `loader`; returns {prefix}_loss, {prefix}_accuracy (if any) and lr
-        (the rate after the epoch's last step)."""
+        (the rate after the epoch's last step). `statistics`: the parameters no gradient
+        trains (batch-norm running statistics) that launched workers average after the
+        epoch; by default those of `net` when it is a Block (a function `net` must name them)."""
         schedule = self.schedule(len(loader))
         totals = MetricTotals(self.task)
         workers = launch_world.current().size
@@ -434,7 +437,10 @@ class EpochTrainer:
             if after_step is not None:
                 after_step(BatchResult(index, data.shape[0], loss, correct))
             progress.update(batches=1, samples=data.shape[0], metrics=totals.shown())
-        average_statistics(self.trainer._params, prefix)
+        if statistics is None and isinstance(net, gluon.Block):
+            statistics = net.collect_params()
+        average_statistics(self.trainer._params if statistics is None else statistics,
+                           prefix)
         metrics = over_workers(totals, prefix).result(prefix)
         metrics["lr"] = schedule(self.global_step)
         return metrics
