@@ -2,4 +2,5 @@
 so a launch does not depend on a `lightnas` script on PATH)."""
 from lightnas_cli.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -168,10 +168,10 @@ class TrainConfig:
     # Devices, data-parallel: [cpu] | [cpu:0, cpu:1] | [gpu:0, gpu:1] ...
     contexts: List[str] = field(default_factory=lambda: ["cpu"])
     # Where gradients are summed: device | local (one process: over its contexts, on a device
-    # or on the CPU) | dist_sync | dist_async (MXNet's parameter server, workers started by
-    # `lightnas launch`; there device and local mean dist_sync). batch_size is then the global
-    # batch, split over the workers, and lr keeps its one-machine meaning (README, "Multi-machine
-    # launch").
+    # or on the CPU) | dist_sync (MXNet's parameter server, workers started by `lightnas
+    # launch`; there device and local mean dist_sync too) | dist_async (refused with the reason:
+    # its updates run on the servers). batch_size is then the global batch, split over the
+    # workers, and lr keeps its one-machine meaning (README, "Multi-machine launch").
     kvstore: str = setting("device", choices=KVSTORES)
     # Optimizer of the network weights: sgd | nag | adam.
     optimizer: str = setting("adam", choices=OPTIMIZERS)

@@ -11,6 +11,7 @@ This module imports no MXNet: the launcher only watches processes.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import socket
@@ -29,11 +30,16 @@ LAUNCHABLE = ("search", "resume", "train")
 #: Port of the scheduler when `--port` is not given and the roles run on other hosts.
 DEFAULT_REMOTE_PORT = 9091
 #: Seconds a role gets to stop after SIGTERM before it is killed.
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 3.0
 #: Seconds scheduler and servers get to finish after the last worker finished well.
 SERVER_EXIT_GRACE_S = 20.0
 #: Environment variables a remote role gets besides the DMLC_* ones (when set here).
 FORWARDED_ENV = ("PYTHONPATH", "OMP_NUM_THREADS", "PYTHONWARNINGS", "MXNET_ENGINE_TYPE")
+
+#: The line a worker prints at the end of a launched run (world.announce_state): the digest
+#: of its method's whole state. The launcher fails a launch whose workers disagree.
+STATE_LINE = "lightnas: worker rank {rank} state sha256 {digest} ({arrays} arrays)"
+_STATE_PATTERN = re.compile(r"lightnas: worker rank (\d+) state sha256 ([0-9a-f]{64}) ")
 
 #: Shell script a role runs under ssh: the role, plus a watchdog that stops it when the
 #: launcher's connection goes away (ssh does not forward signals without a terminal). A
@@ -190,6 +196,7 @@ class Launch:
         self.out = out if out is not None else sys.stdout
         self._lock = threading.Lock()
         self._readers: list[threading.Thread] = []
+        self.digests: dict[int, str] = {}  # rank: digest of the final state
 
     # --- processes ------------------------------------------------------------------------
     def _start(self, role: Role) -> None:
@@ -214,7 +221,10 @@ class Launch:
         prefix = f"[{role.label}] ".encode()
         for line in iter(role.process.stdout.readline, b""):
             text = (prefix + line.rstrip(b"\r\n")).decode("utf-8", errors="replace")
+            found = _STATE_PATTERN.search(text)
             with self._lock:
+                if found and role.kind == "worker":
+                    self.digests[int(found.group(1))] = found.group(2)
                 print(text, file=self.out, flush=True)
         role.process.stdout.close()
 
@@ -275,7 +285,7 @@ class Launch:
                     return _exit_code(code)
             ended = [role.process.poll() is not None for role in self.roles]
             if all(ended):
-                return 0
+                return self._check_digests()
             if finished_at is None and (all(r.process.poll() == 0 for r in workers)
                                         or any(e and r.kind != "worker"
                                                for e, r in zip(ended, self.roles))):
@@ -283,10 +293,22 @@ class Launch:
             if finished_at is not None and time.monotonic() - finished_at > SERVER_EXIT_GRACE_S:
                 if all(r.process.poll() == 0 for r in workers):
                     self._say("the workers finished; stopping the scheduler and servers")
-                    return 0
+                    return self._check_digests()
                 self._say("a scheduler or server ended before the workers; stopping every role")
                 return 1
             time.sleep(poll_s)
+
+
+    def _check_digests(self) -> int:
+        """0 when the workers that announced their final state agree on it, else 1."""
+        for reader in self._readers:  # the last lines may still be on their way
+            reader.join(timeout=2.0)
+        if len(set(self.digests.values())) > 1:
+            ranks = ", ".join(f"rank {r}: {d[:12]}" for r, d in sorted(self.digests.items()))
+            self._say(f"the workers ended with different states ({ranks}); their weights or "
+                      f"architecture parameters diverged")
+            return 1
+        return 0
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -30,6 +30,7 @@ from mxnet.ndarray.ndarray import array as dense_array  # mx.nd.array warns per 
 
 from lightnas_cli.config.schema import KVSTORES
 from lightnas_cli.errors import ConfigError, RunError
+from lightnas_cli.launch.launcher import STATE_LINE
 
 #: Of `train.kvstore` (KVSTORES): device / local say how one process sums the gradients of its
 #: own devices (on a device or on the CPU); these two use MXNet's parameter server.
@@ -268,6 +269,16 @@ def connect(kvstore: str | None = None) -> World:
     global _WORLD
     if kvstore is not None and kvstore not in KVSTORES:
         raise ConfigError(f"train.kvstore {kvstore!r} is not one of {', '.join(KVSTORES)}")
+    if kvstore == "dist_async":
+        # MXNet's async servers must run the optimizer themselves (a push replaces the value
+        # instead of adding to it): the optimizer states would live on the servers, out of
+        # reach of the checkpoints, and the workers would hold different weights and
+        # architecture parameters at any moment - neither exact resume nor one architecture.
+        raise ConfigError("train.kvstore=dist_async is not supported: asynchronous updates "
+                          "happen on the parameter servers, where checkpoints cannot read the "
+                          "optimizer states and the workers' architecture parameters drift "
+                          "apart; use train.kvstore=dist_sync (what `lightnas launch` uses "
+                          "for device and local)")
     if not launched():
         if kvstore in DISTRIBUTED:
             raise ConfigError(f"train.kvstore={kvstore} needs the scheduler, servers and "
@@ -302,8 +313,6 @@ def state_digest(arrays: dict, json_state: Any) -> str:
     return digest.hexdigest()
 
 
-#: The line a worker prints at the end of a launched run; `lightnas launch` compares them.
-STATE_LINE = "lightnas: worker rank {rank} state sha256 {digest} ({arrays} arrays)"
 
 
 def announce_state(method: Any) -> None:
