@@ -6,6 +6,7 @@ the start of the processes. Every process a test starts is killed by pid in `fin
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -178,9 +179,9 @@ def tiny(tmp_path: Path, epochs: int = 2, **sections) -> Path:
 
 @pytest.fixture(scope="module")
 def whole_run(tmp_path_factory):
-    """An uninterrupted 3-epoch launch of two workers (shared: the resume test compares)."""
+    """An uninterrupted 2-epoch launch of two workers (shared: the resume test compares)."""
     folder = tmp_path_factory.mktemp("launch")
-    config = tiny(folder, epochs=3)
+    config = tiny(folder, epochs=2)
     result = run_launch(["--workers", "2", "--", "search", "-c", str(config), "run.name=X"],
                         folder)
     return folder, config, result
@@ -196,7 +197,7 @@ def test_two_workers_identical_state_and_one_run_folder(whole_run):
     runs = sorted(p.name for p in (folder / "trainings").iterdir() if p.is_dir())
     assert runs == ["X"]
     lines = (folder / "trainings" / "X" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     status = json.loads((folder / "trainings" / "X" / "run.json").read_text())
     assert status["status"] == "finished"
     assert result.stdout.count("run folder:") == 1  # rank 0 alone reports (and writes) it
@@ -217,7 +218,7 @@ def test_dead_worker_stops_the_launch_and_resume_continues(whole_run):
     try:
         for line in process.stdout:
             lines.append(line)
-            if re.search(r"epoch 1/3", line):
+            if re.search(r"epoch 1/2", line):
                 break
         pids = started_pids("".join(lines))
         assert set(pids) == {"scheduler", "server 0", "worker 0", "worker 1"}, "".join(lines)
@@ -242,7 +243,84 @@ def test_dead_worker_stops_the_launch_and_resume_continues(whole_run):
     resumed = run_launch(["--workers", "2", "--", "resume", "K"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     digests = final_digests(resumed.stdout)
     assert digests[0] == digests[1] == checkpoint_digest(run)
     assert final_digests(whole.stdout)[0] == digests[0]  # exact resume under launch
+
+
+# --- every method under launch: architecture parameters stay identical -----------------------
+WORKER_SCRIPT = '''
+import json, sys
+from lightnas_cli.launch.launcher import run_entry
+
+def main():
+    from lightnas_cli import runner
+    from lightnas_cli.search.train.source import source_status, train_config
+    for kind, args in json.load(open(sys.argv[1])):
+        if kind == "search":
+            runner.start_search(args[0], args[1:], autosave=False)
+        else:
+            cfg = train_config(args[0], None, args[1:])
+            runner.start_run(cfg, status=source_status(cfg))
+
+run_entry(main)
+'''
+
+
+def test_every_method_keeps_identical_workers(tmp_path, monkeypatch):
+    """PIT masks, FBNet θ, DMasking α and a `train` run, each searched by two launched
+    workers (one launch, the runs in turn): after every run both workers hold the state
+    rank 0 saved in its last checkpoint (weights, architecture parameters, optimizer states)."""
+    from test_dmasking import TINY as TINY_DMASKING
+    from test_fbnet_method import OVERRIDES as FBNET, synthetic_table
+    from test_pit_method import TINY_PIT
+
+    from lightnas_cli import config as config_mod
+    from lightnas_cli.launch.launcher import Launch
+
+    pit = write_config(tmp_path, {**TINY_PIT, "train": {**TINY_PIT["train"], "epochs": 2},
+                                  "pit": {**TINY_PIT["pit"], "finetune_epochs": 0}}, "pit.yml")
+    dmasking = write_config(tmp_path, TINY_DMASKING, "dmasking.yml")
+    table = tmp_path / "fbnet_table.json"
+    # FBNet's supernet is the slow one (22 layers x 9 blocks): one epoch that searches θ.
+    fbnet = [*FBNET, f"fbnet.latency_table={table}", "train.epochs=1", "fbnet.warmup_epochs=0"]
+    synthetic_table(config_mod.load_config(None, fbnet), table)
+    jobs = [("search", [str(pit), "run.name=pit"]),
+            ("search", [str(dmasking), "run.name=dmasking"]),
+            ("search", [None, *fbnet, "run.name=fbnet"]),
+            ("train", ["resnet_e18", "model.options.base_channels=4", "data.name=mock",
+                       "data.mock.shape=[1,8,8]", "data.mock.num_classes=4",
+                       "data.mock.num_train=64", "data.mock.num_test=32", "train.epochs=1",
+                       "train.batch_size=16", "run.name=train"])]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    (tmp_path / "worker.py").write_text(WORKER_SCRIPT)
+    for name, value in cli_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    roles = plan_roles(2, 1, ["search"])
+    for role in roles:
+        if role.kind == "worker":
+            role.command = [sys.executable, str(tmp_path / "worker.py"),
+                            str(tmp_path / "jobs.json")]
+    out = io.StringIO()
+    launch = Launch(roles, out)
+    try:
+        code = launch.run()
+    finally:
+        kill_all([role.process.pid for role in roles if role.process is not None])
+    output = out.getvalue()
+    assert code == 0, output[-3000:]
+    by_rank: dict[int, list[str]] = {0: [], 1: []}
+    for rank, digest in DIGEST.findall(output):
+        by_rank[int(rank)].append(digest)
+    expected = [checkpoint_digest(tmp_path / "trainings" / name)
+                for name in ("pit", "dmasking", "fbnet", "train")]
+    assert by_rank[0] == by_rank[1] == expected
+    for name, epochs in (("pit", 2), ("dmasking", 2), ("fbnet", 1), ("train", 1)):
+        history = [json.loads(line) for line in
+                   (tmp_path / "trainings" / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+    assert [json.loads(line)["phase"] for line in (tmp_path / "trainings" / "pit" /
+                                                    "metrics.jsonl").read_text().splitlines()] \
+        == ["warmup", "search"]

@@ -76,15 +76,22 @@ def init_keys(store: Any, keys: Any, values: Any) -> None:
 class KeyRange(mx.kvstore.KVStoreBase):
     """One Trainer's view of the shared kvstore: its keys 0, 1, ... become offset, offset+1, ...
 
-    A Gluon Trainer accepts any `KVStoreBase`; it calls `broadcast` once per parameter (rank
-    0's initial values reach every worker) and `pushpull` per step (gradients summed over the
-    workers)."""
+    A Gluon Trainer accepts any `KVStoreBase`; it calls `broadcast` once per parameter
+    before its first step and `pushpull` per step (gradients summed over the workers). The
+    broadcasts are gathered and initialise their keys together at the next other call: each
+    initialisation waits at two barriers, which one at a time cost seconds for a supernet of
+    a thousand parameters."""
 
     def __init__(self, store: Any, offset: int):
         self._store = store
         self._offset = int(offset)
+        self._pending: dict[int, Any] = {}
 
     def _keys(self, key: Any) -> Any:
+        if self._pending:
+            keys = sorted(self._pending)
+            init_keys(self._store, keys, [self._pending[k] for k in keys])
+            self._pending.clear()
         if isinstance(key, (list, tuple)):
             return [self._offset + int(k) for k in key]
         return self._offset + int(key)
@@ -94,7 +101,10 @@ class KeyRange(mx.kvstore.KVStoreBase):
         # those already: every worker builds the same network from the same seed, or loads
         # the same checkpoint (and a pull could not write into a oneDNN-layout array). The
         # workers' final states are compared at the end of a launch (`announce_state`).
-        init_keys(self._store, self._keys(key), value)
+        keys = key if isinstance(key, (list, tuple)) else [key]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for k, v in zip(keys, values):
+            self._pending[self._offset + int(k)] = v.copy()
 
     def pushpull(self, key, value, out=None, priority=0):
         self._store.pushpull(self._keys(key), value, out=out, priority=priority)
