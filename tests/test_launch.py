@@ -147,6 +147,62 @@ def test_remote_script_stops_its_role_when_the_connection_closes(tmp_path):
         kill_all([quick.pid])
 
 
+def sleeper_roles(worker_command: list[str]) -> list:
+    """A plan whose scheduler, server and worker 0 sleep, and worker 1 runs `worker_command`
+    (the launcher's watching and teardown, without MXNet)."""
+    roles = plan_roles(2, 1, ["search"], port=9)
+    for role in roles:
+        role.command = ["sleep", "60"]
+    roles[-1].command = worker_command
+    return roles
+
+
+def test_a_failing_role_stops_every_role_and_gives_its_code():
+    from lightnas_cli.launch.launcher import Launch
+
+    roles = sleeper_roles(["sh", "-c", "echo going; exit 3"])
+    out = io.StringIO()
+    started = time.monotonic()
+    try:
+        assert Launch(roles, out).run(poll_s=0.05) == 3
+    finally:
+        kill_all([role.process.pid for role in roles if role.process is not None])
+    assert time.monotonic() - started < 10  # sleep ignores nothing: SIGTERM ends it
+    assert "[worker 1] going" in out.getvalue()
+    assert "worker 1 failed (exit code 3)" in out.getvalue()
+    assert all(role.process.returncode is not None for role in roles)
+    assert not any(alive(role.process.pid) for role in roles)
+
+
+def test_ctrl_c_stops_every_role(tmp_path):
+    """SIGINT to the launcher: every role stopped, exit 130."""
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_launch import sleeper_roles\n"
+        "from lightnas_cli.launch.launcher import Launch\n"
+        "sys.exit(Launch(sleeper_roles(['sleep', '60'])).run())\n")
+    process = subprocess.Popen([sys.executable, "-c", script], env=cli_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    lines: list[str] = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if len(started_pids("".join(lines))) == 4:
+                break
+        process.send_signal(signal.SIGINT)
+        lines.extend(process.stdout)
+        code = process.wait(timeout=20)
+    finally:
+        process.kill()
+        kill_all([process.pid, *started_pids("".join(lines)).values()])
+        process.stdout.close()
+    assert code == 130, "".join(lines)
+    pids = started_pids("".join(lines))
+    assert len(pids) == 4 and not any(alive(pid) for pid in pids.values())
+
+
 @pytest.mark.parametrize("args, message", [
     (["--workers", "0", "--", "search", "-c", "x.yml"], "--workers must be at least 1"),
     (["--workers", "2", "--servers", "0", "--", "search", "-c", "x.yml"], "--servers"),

@@ -436,7 +436,7 @@ class EpochTrainer:
                 raise DivergedError(f"the {prefix} loss became {loss} at step {index + 1}")
             if after_step is not None:
                 after_step(BatchResult(index, data.shape[0], loss, correct))
-            progress.update(batches=1, samples=data.shape[0], metrics=totals.shown())
+            progress.update(batches=1, samples=batch, metrics=totals.shown())  # all workers
         if statistics is None and isinstance(net, gluon.Block):
             statistics = net.collect_params()
         average_statistics(self.trainer._params if statistics is None else statistics,
