@@ -87,8 +87,10 @@ def checkpoint_digest(run: Path) -> str:
 
 
 # --- the launcher's plan, ssh command and the remote watchdog (no processes of MXNet) -------
-def test_plan_local_roles_and_environment():
+def test_plan_local_roles_and_environment(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # shared by the two workers of this host
     roles = plan_roles(2, 1, ["--", "search", "-c", "x.yml"], port=9999)
+    assert [r.env["OMP_NUM_THREADS"] for r in roles] == ["1", "1", "2", "2"]
     assert [r.label for r in roles] == ["scheduler", "server 0", "worker 0", "worker 1"]
     for role in roles:
         assert role.env["DMLC_ROLE"] == role.kind
