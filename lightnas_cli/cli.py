@@ -163,6 +163,25 @@ def resume(run: str = typer.Argument(..., help="Run or sweep name (under trainin
     _out.print(f"finished: {result.path}", markup=False)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def launch(command: List[str] = typer.Argument(..., metavar="-- search|resume|train ARGS...",
+                                               help="The lightnas command every worker runs."),
+           workers: int = typer.Option(..., "--workers", help="Number of workers."),
+           servers: int = typer.Option(1, "--servers", help="Number of parameter servers."),
+           hosts: Optional[Path] = typer.Option(None, "--hosts",
+                                                help="Host file (one host a line): start the "
+                                                     "roles there over ssh."),
+           port: Optional[int] = typer.Option(None, "--port",
+                                              help="Scheduler port (default: a free one; "
+                                                   "9091 with --hosts).")) -> None:
+    """Run a search, resume or train on several workers through MXNet's parameter server."""
+    from lightnas_cli.launch.launcher import launch as start
+    code = start(command, workers, servers, hosts, port)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command()
 @user_errors
 def report(run: str = typer.Argument(..., help="Run or sweep name (under trainings/) or folder."),
@@ -491,8 +510,9 @@ def latency_check(config: Path = typer.Option(..., "-c", "--config", help="YAML 
 
 
 def main() -> None:
+    from lightnas_cli.launch.launcher import run_entry
     install_fault_hooks()
-    app()
+    run_entry(app)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from lightnas_cli.errors import (CheckpointError, ConfigError, DiskFullError, Di
                                  LightNASError, RunError)
 from lightnas_cli.export import export_architecture
 from lightnas_cli.files import describe_os_error, is_disk_full, is_environment_error
+from lightnas_cli.launch import world as launch_world
 from lightnas_cli.logging import RunLogger
 from lightnas_cli.runs import RunDir, check_can_create, versions
 from lightnas_cli.search.base import get_method
@@ -68,6 +69,12 @@ def _quiet_logger(logger_factory) -> RunLogger:
     return logger_factory(Path(os.devnull), tensorboard=False)
 
 
+def _writes() -> bool:
+    """Whether this process writes the run folder: always, except in the workers of
+    `lightnas launch` other than rank 0 (they compute the same epochs, silently)."""
+    return launch_world.current().writes
+
+
 def start_search(config_path: str | None, overrides: Sequence[str] = (),
                  logger_factory=RunLogger, autosave: bool = True,
                  status: dict | None = None) -> RunDir:
@@ -85,9 +92,11 @@ def start_run(cfg: DictConfig, logger_factory=RunLogger, autosave: bool = False,
               status: dict | None = None) -> RunDir:
     """Run a loaded, validated config (a search, or a `lightnas train` run) in a new run
     folder: the method is built before the folder exists, so bad input creates nothing."""
-    name = run_name(cfg)
+    world = launch_world.connect(cfg.train.kvstore)
+    name = world.broadcast_json("run/name", run_name(cfg))  # rank 0's, if launched
     root = Path(cfg.run.root)
-    check_can_create(root, name)
+    if world.writes:
+        check_can_create(root, name)
     contexts = parse_contexts(list(cfg.train.contexts))
     method_class = get_method(cfg.method)
     data = data_mod.load(cfg.data, cfg.seed, cfg.train.batch_size)
@@ -95,6 +104,9 @@ def start_run(cfg: DictConfig, logger_factory=RunLogger, autosave: bool = False,
     quiet = _quiet_logger(logger_factory)
     method = method_class(cfg, data, contexts, quiet)
     cfg.run.name = name
+    if not world.writes:  # another launched worker: rank 0 writes the folder
+        _run_loop(RunDir(root / name), cfg, method, [], 1, logger_factory)
+        return RunDir(root / name)
     run = RunDir.create(root, name)
     with run.lock():
         try:
@@ -197,6 +209,7 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
                               f"fix what the checkpoints hold; start a new run with "
                               f"`lightnas search -c {run.config_file} {item} run.name=NEW_NAME`")
     cfg = _run_config(run, overrides)
+    world = launch_world.connect(cfg.train.kvstore)
     done = int(status.get("epoch", 0)) if from_epoch is None else from_epoch
     if from_epoch is not None and from_epoch < 1:
         raise ConfigError(f"--from-epoch {from_epoch}: epochs count from 1; the run's "
@@ -211,6 +224,9 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
         raise CheckpointError(f"run {run.name!r} has no checkpoint yet (it stopped during its "
                               f"first epoch); start it again with `lightnas search -c "
                               f"{run.config_file} run.name=NEW_NAME`")
+    if not world.writes:  # another launched worker: rank 0 holds the lock and writes
+        _follow_resume(run, cfg, logger_factory)
+        return run
     with run.lock():
         contexts = parse_contexts(list(cfg.train.contexts))
         data = data_mod.load(cfg.data, cfg.seed, cfg.train.batch_size)
@@ -219,6 +235,7 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
         method = get_method(cfg.method)(cfg, data, contexts, quiet)
         ckpt = checkpoint.load(run.checkpoints, from_epoch, warn=quiet.warn,
                                check=_state_check(method))
+        world.broadcast_json("resume/epoch", ckpt.epoch)  # the other workers load this one
         if ckpt.epoch > cfg.train.epochs:
             raise ConfigError(f"run {run.name!r} resumes from epoch {ckpt.epoch}, beyond "
                               f"train.epochs={cfg.train.epochs}; give --epochs {ckpt.epoch} "
@@ -251,6 +268,21 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
     return run
 
 
+def _follow_resume(run: RunDir, cfg: DictConfig, logger_factory) -> None:
+    """`resume` in a launched worker other than rank 0: the same method, loaded from the
+    checkpoint rank 0 chose, then the same epochs; nothing is written."""
+    contexts = parse_contexts(list(cfg.train.contexts))
+    data = data_mod.load(cfg.data, cfg.seed, cfg.train.batch_size)
+    seed_everything(cfg.seed, "setup")
+    quiet = _quiet_logger(logger_factory)
+    method = get_method(cfg.method)(cfg, data, contexts, quiet)
+    epoch = launch_world.current().broadcast_json("resume/epoch", None)
+    ckpt = checkpoint.load(run.checkpoints, epoch, check=_state_check(method))
+    _load_method_state(method, ckpt)
+    history = [r for r in ckpt.state.get("history", []) if r["epoch"] <= ckpt.epoch]
+    _run_loop(run, cfg, method, history, ckpt.epoch + 1, logger_factory)
+
+
 def _best(history: list[dict]) -> dict | None:
     scored = [r for r in history if "val_accuracy" in r]
     if scored:
@@ -274,7 +306,8 @@ def _run_loop(run: RunDir, cfg: DictConfig, method, history: list[dict], start: 
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminate)
     logger = None
     try:
-        with logger_factory(run.logs) as logger:
+        with (logger_factory(run.logs) if _writes() else _quiet_logger(logger_factory)) \
+                as logger:
             method.logger = logger
             logger.text("run/config", _code_block(config_mod.to_yaml(cfg)), 0)
             for epoch in range(start, cfg.train.epochs + 1):
@@ -283,6 +316,7 @@ def _run_loop(run: RunDir, cfg: DictConfig, method, history: list[dict], start: 
                 except DivergedError as exc:
                     raise DivergedError(_diverged_message(run, cfg, epoch, exc)) from None
             _finish(run, cfg, method, logger, history)
+            launch_world.announce_state(method)
     except KeyboardInterrupt:
         _mark(run, "interrupted")
         (logger or _quiet_logger(logger_factory)).warn(
@@ -292,7 +326,7 @@ def _run_loop(run: RunDir, cfg: DictConfig, method, history: list[dict], start: 
         _mark(run, "failed")
         raise
     except Exception as exc:
-        if is_environment_error(exc) or is_disk_full(exc):
+        if _writes() and (is_environment_error(exc) or is_disk_full(exc)):
             _stopped_by_file_system(run, exc, history[-1]["epoch"] if history else start - 1)
         _mark(run, "failed")
         raise
@@ -303,6 +337,8 @@ def _run_loop(run: RunDir, cfg: DictConfig, method, history: list[dict], start: 
 def _mark(run: RunDir, status: str) -> bool:
     """Record how a run stopped, if the disk still lets us (a `running` run whose process is
     gone shows as interrupted anyway); returns whether it was recorded."""
+    if not _writes():
+        return False
     try:
         run.update_status(status=status)
     except (OSError, RunError):
@@ -371,6 +407,8 @@ def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: i
     architecture = method.derive()
     record["cost"] = architecture.costs.get("cost")
     record["seconds"] = round(time.time() - started, 3)
+    if not _writes():  # a launched worker other than rank 0: same epoch, no files
+        return record
     # Logs and graphs are re-made identically if this epoch is re-run after a crash.
     logger.scalars({_tag(k): v for k, v in record.items() if k not in ("epoch", "seconds")}, epoch)
     logger.scalars({f"cost/{k}": v for k, v in architecture.costs.items()}, epoch)
@@ -429,8 +467,10 @@ def _finish(run: RunDir, cfg: DictConfig, method, logger: RunLogger, history: li
     if not history:
         logger.info("nothing to do: the run has already completed all its epochs")
     architecture = method.derive()
-    written = export_architecture(method, architecture, run.exported, export_name(cfg), last)
     test = method.evaluate("test") if getattr(method.data, "test", None) is not None else {}
+    if not _writes():
+        return
+    written = export_architecture(method, architecture, run.exported, export_name(cfg), last)
     logger.scalars({_tag(k): v for k, v in test.items()}, last)
     logger.flush()
     # Paths inside the run folder are stored relative to it, so a moved run stays consistent.

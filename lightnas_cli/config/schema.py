@@ -17,6 +17,8 @@ from typing import Any, Callable, List, Optional, Sequence
 OPTIMIZERS = ("sgd", "nag", "adam")
 #: Learning-rate schedules (`train.lr_schedule`).
 SCHEDULES = ("constant", "cosine", "cosine_restarts")
+#: Where gradients are summed (`train.kvstore`); see lightnas_cli/launch/world.py.
+KVSTORES = ("device", "local", "dist_sync", "dist_async")
 
 
 def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None,
@@ -165,6 +167,12 @@ class TrainConfig:
     batch_size: int = setting(64, ge=1, le=1_000_000)
     # Devices, data-parallel: [cpu] | [cpu:0, cpu:1] | [gpu:0, gpu:1] ...
     contexts: List[str] = field(default_factory=lambda: ["cpu"])
+    # Where gradients are summed: device | local (one process: over its contexts, on a device
+    # or on the CPU) | dist_sync (MXNet's parameter server, workers started by `lightnas
+    # launch`; there device and local mean dist_sync too) | dist_async (refused with the reason:
+    # its updates run on the servers). batch_size is then the global batch, split over the
+    # workers, and lr keeps its one-machine meaning (README, "Multi-machine launch").
+    kvstore: str = setting("device", choices=KVSTORES)
     # Optimizer of the network weights: sgd | nag | adam.
     optimizer: str = setting("adam", choices=OPTIMIZERS)
     lr: float = setting(1e-3, gt=0)

@@ -5,11 +5,18 @@ Every random draw of an epoch comes from a `np.random.RandomState` seeded from
 batch). Nothing depends on global random state, on how many epochs ran before in the process,
 or on the number of worker threads, so a run resumed at epoch k sees the very batches the
 uninterrupted run would have seen.
+
+Workers of a launched run each read their own shard (`set_shard(rank, count)`): every
+worker walks the same epoch order in the same global batches (`train.batch_size` samples,
+what one process would see) and keeps every `count`-th sample of each, starting at its rank.
+A shard is therefore a pure function of (seed, epoch, rank, count), the shards of a batch
+partition it, and all workers take the same number of steps.
 """
 from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Iterator
 
 import mxnet as mx
@@ -17,6 +24,7 @@ import numpy as np
 from mxnet.ndarray.ndarray import array as dense_array  # mx.nd.array warns per call (scipy check)
 
 from lightnas_cli.data.transforms import random_crop_flip
+from lightnas_cli.errors import ConfigError, DataError
 from lightnas_cli.seeding import derive_seed
 
 # Stream tags keep the derived seeds of different uses apart.
@@ -39,6 +47,39 @@ def batch_count(num_samples: int, batch_size: int, last_batch: str) -> int:
     if last_batch == "discard":
         return num_samples // batch_size
     return -(-num_samples // batch_size)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which part of every batch this process reads: samples rank, rank + count, ..."""
+
+    rank: int = 0
+    count: int = 1
+
+
+def batch_bounds(num_samples: int, batch_size: int, last_batch: str,
+                 shards: int = 1) -> list[tuple[int, int]]:
+    """(start, stop) in the epoch order of each batch of one pass. With `shards` > 1, a
+    partial last batch too small to give every shard a sample joins the batch before it, so
+    no worker ever has an empty batch (every worker must take every step)."""
+    bounds = [(index * batch_size, min((index + 1) * batch_size, num_samples))
+              for index in range(batch_count(num_samples, batch_size, last_batch))]
+    if shards > 1 and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < shards:
+        start = bounds[-2][0]
+        bounds[-2:] = [(start, bounds[-1][1])]
+    return bounds
+
+
+def check_shard(split: str, num_samples: int, batch_size: int, shard: Shard) -> None:
+    """Refuse a sharding that would leave a worker without samples."""
+    if shard.count < 1 or not 0 <= shard.rank < shard.count:
+        raise ValueError(f"bad shard {shard}")
+    if shard.count > 1 and batch_size < shard.count:
+        raise ConfigError(f"train.batch_size ({batch_size}) is the global batch, split over "
+                          f"the {shard.count} workers: set it to at least {shard.count}")
+    if shard.count > num_samples:
+        raise DataError(f"the {split} split has {num_samples} sample(s), fewer than the "
+                        f"{shard.count} workers that read it; use fewer workers or more data")
 
 
 class ArrayLoader:
@@ -82,6 +123,8 @@ class ArrayLoader:
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.epoch = 0
+        self.shard = Shard()
+        self._bounds = batch_bounds(len(self.data), self.batch_size, last_batch)
 
     @property
     def num_samples(self) -> int:
@@ -89,8 +132,24 @@ class ArrayLoader:
         return len(self.data)
 
     def __len__(self) -> int:
-        """Number of batches one iteration yields."""
-        return batch_count(self.num_samples, self.batch_size, self.last_batch)
+        """Number of batches one iteration yields (the same on every shard)."""
+        return len(self._bounds)
+
+    def set_shard(self, rank: int, count: int) -> None:
+        """Read only shard `rank` of `count` of every batch (a launched worker's part);
+        `check_shard` first tells a user why a sharding cannot work."""
+        shard = Shard(int(rank), int(count))
+        if not 0 <= shard.rank < shard.count or (
+                shard.count > 1 and shard.count > min(self.num_samples, self.batch_size)):
+            raise ValueError(f"cannot split {self!r} into {shard.count} shards")
+        self.shard = shard
+        self._bounds = batch_bounds(self.num_samples, self.batch_size, self.last_batch,
+                                    shard.count)
+
+    def step_samples(self, index: int) -> int:
+        """Samples of batch `index` over all shards: what a step's gradient averages over."""
+        start, stop = self._bounds[index]
+        return stop - start
 
     def set_epoch(self, seed: int, epoch: int) -> None:
         """Select the shuffle order and augmentation of `epoch` (a pure function of both)."""
@@ -109,10 +168,14 @@ class ArrayLoader:
         self, order: np.ndarray, index: int, seed: int, epoch: int
     ) -> tuple[np.ndarray, np.ndarray]:
         # A pure function of its arguments: safe to run in any thread, in any order.
-        take = order[index * self.batch_size : (index + 1) * self.batch_size]
+        start, stop = self._bounds[index]
+        take = order[start:stop][self.shard.rank::self.shard.count]
         data = self.data[take]
         if self.augment:
-            rng = np.random.RandomState(derive_seed(seed, TAG_AUGMENT, epoch, index))
+            keys: tuple = (epoch, index)
+            if self.shard.count > 1:  # each shard its own draws; one process: as before
+                keys += (self.shard.rank, self.shard.count)
+            rng = np.random.RandomState(derive_seed(seed, TAG_AUGMENT, *keys))
             data = random_crop_flip(data, rng, pad=self.pad, flip=self.flip)
         return np.ascontiguousarray(data, dtype=np.float32), self.label[take]
 

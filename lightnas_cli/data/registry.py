@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
-from lightnas_cli.data.loader import TAG_SPLIT, ArrayLoader, derive_seed
+from lightnas_cli.data.loader import TAG_SPLIT, ArrayLoader, Shard, check_shard, derive_seed
 from lightnas_cli.data.transforms import channel_stats, normalize_
 from lightnas_cli.errors import ConfigError, DataError
 
@@ -60,6 +60,10 @@ class Loader(Protocol):
 
     def set_epoch(self, seed: int, epoch: int) -> None: ...
 
+    def set_shard(self, rank: int, count: int) -> None: ...
+
+    def step_samples(self, index: int) -> int: ...
+
     def __iter__(self) -> Iterator: ...
 
 
@@ -94,6 +98,17 @@ class DataBundle:
     def val_is_test(self) -> bool:
         """True when eval_split_percentage is 0 and validation metrics come from the test split."""
         return self.val is self.test
+
+    def shard(self, rank: int, count: int) -> "DataBundle":
+        """Make every loader read only shard `rank` of `count` of each batch (a launched
+        worker's part); refuses, with a message, splits or batches too small to share."""
+        loaders = {"training": self.train, "validation": self.val, "test": self.test}
+        for split, loader in loaders.items():
+            if loader is not None:
+                check_shard(split, loader.num_samples, loader.batch_size, Shard(rank, count))
+        for loader in {id(x): x for x in loaders.values() if x is not None}.values():
+            loader.set_shard(rank, count)
+        return self
 
 
 DATASETS: dict[str, Dataset] = {}
@@ -228,7 +243,16 @@ def load(data_cfg: Any, seed: int, batch_size: int) -> DataBundle:
     Per-channel mean/std (data.mean/std, or computed on that final training split) are applied
     to all splits. Only the training loader shuffles and augments; it drops a partial last
     batch unless the set fits in one batch. Streamed sets build their loaders themselves.
+    In a launched worker every loader then reads only that worker's shard.
     """
+    bundle = _read_and_split(data_cfg, int(seed), batch_size)
+    # A worker of `lightnas launch` reads its own shard of every split (loader.py).
+    from lightnas_cli.launch.world import current
+    world = current()
+    return bundle.shard(world.rank, world.size) if world.size > 1 else bundle
+
+
+def _read_and_split(data_cfg: Any, seed: int, batch_size: int) -> DataBundle:
     dataset = _dataset(data_cfg)
     if dataset.build is not None:
         return dataset.build(data_cfg, int(seed), batch_size)

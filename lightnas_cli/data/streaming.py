@@ -29,7 +29,7 @@ from mxnet import gluon
 from mxnet.base import MXNetError
 from mxnet.ndarray.ndarray import array as dense_array  # mx.nd.array warns per call (scipy check)
 
-from lightnas_cli.data.loader import TAG_AUGMENT, batch_count, epoch_order
+from lightnas_cli.data.loader import TAG_AUGMENT, Shard, batch_bounds, epoch_order
 from lightnas_cli.data.recordio import RecordFile, check_label
 from lightnas_cli.errors import DataError
 from lightnas_cli.seeding import derive_seed
@@ -218,7 +218,9 @@ class Normalize:
 
 
 class EpochBatchSampler:
-    """Gluon batch sampler: lists of (sample index, augmentation seed) for the current epoch."""
+    """Gluon batch sampler: lists of (sample index, augmentation seed) for the current epoch
+    (of this worker's shard of each batch, in a launched run; seeds are per sample, so a
+    sample is augmented alike whichever worker reads it)."""
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool, last_batch: str,
                  augment: bool) -> None:
@@ -229,9 +231,16 @@ class EpochBatchSampler:
         self.augment = augment
         self.seed = 0
         self.epoch = 0
+        self.shard = Shard()
+        self.bounds = batch_bounds(num_samples, batch_size, last_batch)
+
+    def set_shard(self, shard: Shard) -> None:
+        self.shard = shard
+        self.bounds = batch_bounds(self.num_samples, self.batch_size, self.last_batch,
+                                   shard.count)
 
     def __len__(self) -> int:
-        return batch_count(self.num_samples, self.batch_size, self.last_batch)
+        return len(self.bounds)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
@@ -240,9 +249,10 @@ class EpochBatchSampler:
             seeds = rng.randint(0, 2**31 - 1, size=self.num_samples)
         else:
             seeds = np.full(self.num_samples, -1)
-        for b in range(len(self)):
-            part = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            yield [(int(i), int(s)) for i, s in zip(order[part], seeds[part])]
+        rank, count = self.shard.rank, self.shard.count
+        for start, stop in self.bounds:
+            yield [(int(i), int(s)) for i, s in zip(order[start:stop][rank::count],
+                                                    seeds[start:stop][rank::count])]
 
 
 _STARTING_WORKERS = False
@@ -297,6 +307,21 @@ class StreamLoader:
         """Select the order and augmentation of `epoch` (a pure function of both)."""
         self.sampler.seed = int(seed)
         self.sampler.epoch = int(epoch)
+
+    def set_shard(self, rank: int, count: int) -> None:
+        """Read (and decode) only shard `rank` of `count` of every batch."""
+        shard = Shard(int(rank), int(count))
+        if not 0 <= shard.rank < shard.count or (
+                shard.count > 1 and shard.count > min(self.num_samples, self.batch_size)):
+            raise ValueError(f"cannot split {self!r} into {shard.count} shards")
+        if self._loader is not None:
+            raise RuntimeError("set_shard must come before the first iteration")
+        self.sampler.set_shard(shard)
+
+    def step_samples(self, index: int) -> int:
+        """Samples of batch `index` over all shards: what a step's gradient averages over."""
+        start, stop = self.sampler.bounds[index]
+        return stop - start
 
     def _data_loader(self) -> gluon.data.DataLoader:
         global _STARTING_WORKERS

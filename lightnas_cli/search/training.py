@@ -12,6 +12,14 @@
 - `evaluate` / `evaluate_batch`: a network's loss and accuracy on a split or one batch;
 - `MetricTotals`: running sums of loss, correct predictions and samples.
 
+Under `lightnas launch` (`lightnas_cli.launch.world`) the same code trains on N workers:
+every Trainer sums its gradients over the workers through the kvstore (its own key range)
+and each worker applies the same update; `train.batch_size` is the global batch (each
+worker reads its shard of it, and `Trainer.step` divides by the global size), so the learning
+rate means what it means on one machine; metrics are summed over the workers, and batch-norm
+running statistics (estimated by each worker on its shard) are averaged at the end of every
+epoch. All workers therefore hold the same parameters after every epoch.
+
 A method owns what is its own (a controller, masks, phases) and calls these for the rest, so
 two methods never hold two copies of a training loop, and no method imports another's module.
 """
@@ -27,6 +35,7 @@ from mxnet import autograd, gluon, nd
 
 from lightnas_cli.checkpoint import load_trainer_state, trainer_state
 from lightnas_cli.errors import ConfigError, DivergedError
+from lightnas_cli.launch import world as launch_world
 
 #: Optimizers a config may name (`train.optimizer`); momentum applies to the first two.
 OPTIMIZERS = ("sgd", "nag", "adam")
@@ -47,21 +56,27 @@ def structural_params(net: gluon.Block) -> dict[str, gluon.Parameter]:
 
 def make_trainer(params: Any, optimizer: str, lr: float, contexts: Sequence[mx.Context],
                  weight_decay: float = 0.0, momentum: float | None = None,
-                 clip_gradient: float | None = None) -> gluon.Trainer:
+                 clip_gradient: float | None = None, kvstore: str = "device") -> gluon.Trainer:
     """A Trainer whose states stay in `_updaters` (update_on_kvstore=False), for exact resume.
 
     `clip_gradient` clips every gradient element to [-c, c] after rescaling (MXNet's optimizer
     option): unlike a global-norm clip it needs no view of all gradients at once, so it stays
     correct when only part of a supernet has fresh gradients (ENAS).
+
+    `kvstore` (`train.kvstore`) sums the gradients of several `contexts` on a device or on
+    the CPU (`local`). In a launched worker every Trainer (weights and architecture
+    parameters alike) sums over the workers instead, through its own range of keys on the
+    process's one distributed kvstore.
     """
     options: dict[str, Any] = {"learning_rate": lr, "wd": weight_decay}
     if optimizer in MOMENTUM_OPTIMIZERS and momentum is not None:
         options["momentum"] = momentum
     if clip_gradient is not None:
         options["clip_gradient"] = float(clip_gradient)
-    return gluon.Trainer(params, optimizer, options,
-                         kvstore="device" if len(contexts) > 1 else None,
-                         update_on_kvstore=False)
+    store: Any = launch_world.current().trainer_store()
+    if store is None:  # one process: dist_* (an exported or summarised run) acts as device
+        store = (kvstore if kvstore == "local" else "device") if len(contexts) > 1 else None
+    return gluon.Trainer(params, optimizer, options, kvstore=store, update_on_kvstore=False)
 
 
 def weight_trainer_from_config(params: Any, train_cfg: Any,
@@ -69,7 +84,8 @@ def weight_trainer_from_config(params: Any, train_cfg: Any,
     """The weights' Trainer as the `train` config section describes it."""
     return make_trainer(params, train_cfg.optimizer, train_cfg.lr, contexts,
                         weight_decay=train_cfg.weight_decay, momentum=train_cfg.momentum,
-                        clip_gradient=train_cfg.clip_gradient)
+                        clip_gradient=train_cfg.clip_gradient,
+                        kvstore=getattr(train_cfg, "kvstore", "device"))
 
 
 @dataclass(frozen=True)
@@ -291,18 +307,43 @@ def evaluate_batch(net: Callable, data: nd.NDArray, label: nd.NDArray, task: Tas
     return totals.add(outputs, losses, shards)
 
 
+def over_workers(totals: MetricTotals, tag: str) -> MetricTotals:
+    """`totals` summed over the workers of a launched run (each saw its own shard); the same
+    numbers on every worker. Unchanged in one process."""
+    world = launch_world.current()
+    if not world.distributed:
+        return totals
+    loss, correct, seen = world.sum(f"metrics/{tag}", [totals.loss_sum, totals.correct,
+                                                       totals.seen])
+    return MetricTotals(totals.task, float(loss), int(round(correct)), int(round(seen)))
+
+
+def average_statistics(params: Any, tag: str) -> None:
+    """Average parameters that no gradient trains (batch-norm running statistics) over the
+    workers of a launched run: each worker estimates them on its own shard. No-op in one
+    process."""
+    world = launch_world.current()
+    if world.distributed:
+        world.average_parameters(f"statistics/{tag}",
+                                 [p for p in launch_world.parameters_of(params)
+                                  if p.grad_req == "null"])
+
+
 def evaluate(net: Callable, loader: Iterable, task: Task, contexts: Sequence[mx.Context],
              split: str) -> dict:
-    """`{split}_loss` (and `{split}_accuracy`) of a network over a whole split."""
+    """`{split}_loss` (and `{split}_accuracy`) of a network over a whole split (over all
+    workers' shards of it, in a launched run)."""
     totals = MetricTotals(task)
     for data, label in loader:
-        evaluate_batch(net, data, label, task, contexts, totals)
-    return totals.result(split)
+        if data.shape[0]:
+            evaluate_batch(net, data, label, task, contexts, totals)
+    return over_workers(totals, split).result(split)
 
 
 @dataclass
 class BatchResult:
-    """One training step: its index in the epoch, its batch size, summed loss and hits."""
+    """One training step: its index in the epoch, its batch size, summed loss and hits (of
+    this worker's shard of the batch, in a launched run)."""
 
     index: int
     size: int
@@ -311,7 +352,9 @@ class BatchResult:
 
 
 #: extra_loss(x_shard, batch_size, shard_count) -> a scalar NDArray added to that shard's
-#: summed task loss (Trainer.step divides the summed gradient by the batch size).
+#: summed task loss (Trainer.step divides the summed gradient by the batch size). In a
+#: launched run batch_size is the global batch and shard_count counts the shards of all
+#: workers, so the hooks' terms add up over the workers as on one machine.
 ExtraLoss = Callable[[nd.NDArray, int, int], nd.NDArray]
 
 
@@ -325,9 +368,9 @@ class EpochTrainer:
     data-parallel training epoch every method runs: the network weights on the training split
     (`weight_trainer`), or architecture parameters on the validation split (FBNet's θ, say).
 
-    Gradients are summed over devices by the Trainer; `trainer.step(batch)` divides by the
-    batch size, so losses are per-sample sums. Hooks let a method act around each step without
-    its own copy of the loop:
+    Gradients are summed over devices (and launched workers) by the Trainer;
+    `trainer.step(batch)` divides by the (global) batch size, so losses are per-sample sums.
+    Hooks let a method act around each step without its own copy of the loop:
       - `before_step(index)`: e.g. pick the supernet path to train (ENAS);
       - `loss_factor(x, batch, shards)`: multiplies the shard's summed task loss, e.g. FBNet's
         α·log(LAT)^β;
@@ -350,17 +393,25 @@ class EpochTrainer:
                     extra_loss: ExtraLoss | None = None,
                     also_step: Sequence[gluon.Trainer] = (),
                     after_step: Callable[[BatchResult], None] | None = None,
-                    ignore_stale_grad: bool = False, prefix: str = "train") -> dict:
+                    ignore_stale_grad: bool = False, prefix: str = "train",
+                    statistics: Any = None) -> dict:
         """One pass over `loader`; returns {prefix}_loss, {prefix}_accuracy (if any) and lr
-        (the rate after the epoch's last step)."""
+        (the rate after the epoch's last step). `statistics`: the parameters no gradient
+        trains (batch-norm running statistics) that launched workers average after the
+        epoch; by default those of `net` when it is a Block (a function `net` must name them)."""
         schedule = self.schedule(len(loader))
         totals = MetricTotals(self.task)
+        workers = launch_world.current().size
         for index, (data, label) in enumerate(loader):
             self.trainer.set_learning_rate(schedule(self.global_step))
             if before_step is not None:
                 before_step(index)
-            batch = data.shape[0]
+            # The batch over all workers' shards: gradients are summed over the workers, so
+            # this is what they average over (one process: the batch itself).
+            step_samples = getattr(loader, "step_samples", None)
+            batch = step_samples(index) if step_samples is not None else data.shape[0]
             shards = split_batch(data, label, self.contexts)
+            shard_count = len(shards) * workers
             with autograd.record():
                 outputs = [net(x) for x, _ in shards]
                 losses = [self.task.loss(out, y, x) for out, (x, y) in zip(outputs, shards)]
@@ -370,9 +421,9 @@ class EpochTrainer:
                     for loss, (x, _) in zip(losses, shards):
                         head = loss.sum()
                         if loss_factor is not None:
-                            head = head * loss_factor(x, batch, len(shards))
+                            head = head * loss_factor(x, batch, shard_count)
                         if extra_loss is not None:
-                            head = head + extra_loss(x, batch, len(shards))
+                            head = head + extra_loss(x, batch, shard_count)
                         heads.append(head)
             autograd.backward(heads)
             # Parameters off the trained path have no fresh gradient; leave them as they are.
@@ -384,9 +435,13 @@ class EpochTrainer:
             if not math.isfinite(loss):  # stop before a NaN/inf model reaches a checkpoint
                 raise DivergedError(f"the {prefix} loss became {loss} at step {index + 1}")
             if after_step is not None:
-                after_step(BatchResult(index, batch, loss, correct))
-            progress.update(batches=1, samples=batch, metrics=totals.shown())
-        metrics = totals.result(prefix)
+                after_step(BatchResult(index, data.shape[0], loss, correct))
+            progress.update(batches=1, samples=batch, metrics=totals.shown())  # all workers
+        if statistics is None and isinstance(net, gluon.Block):
+            statistics = net.collect_params()
+        average_statistics(self.trainer._params if statistics is None else statistics,
+                           prefix)
+        metrics = over_workers(totals, prefix).result(prefix)
         metrics["lr"] = schedule(self.global_step)
         return metrics
 

@@ -35,8 +35,8 @@ from lightnas_cli.search.dmasking.space import OUTPUT_NAME, SearchSpace
 from lightnas_cli.search.dmasking.supernet import LatencyTap, MaskedNet, layer_descriptions
 from lightnas_cli.search.relaxation import temperature_at
 from lightnas_cli.search.training import (ClassificationTask, EpochTrainer,
-                                          LearningRateSchedule, evaluate, make_trainer,
-                                          structural_params, weight_trainer)
+                                          LearningRateSchedule, average_statistics, evaluate,
+                                          make_trainer, structural_params, weight_trainer)
 from lightnas_cli.seeding import seed_everything
 
 #: The zoo model every derived network is (bmxnet_models/lenet.py).
@@ -181,6 +181,8 @@ class DMaskingSearch(SearchMethod):
                 heads = [self.supernet(shard)[0].sum() for shard in
                          gluon.utils.split_and_load(data, self.contexts, even_split=False)]
             autograd.backward(heads)
+        # Launched workers each measured their own shard: use the mean of their estimates.
+        average_statistics(self.supernet.collect_params(), "dmasking/recalibration")
 
     def _train_alpha(self, epoch: int) -> dict:
         """One pass of Adam on α over the validation split, with λ · L_latency."""

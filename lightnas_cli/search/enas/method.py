@@ -26,6 +26,7 @@ from bmxnet_models.enas.unit import (EnasUnit, active_parameters, find_units, fi
 from lightnas_cli import costs as cost_models
 from lightnas_cli.checkpoint import load_trainer_state, trainer_state
 from lightnas_cli.errors import ArchitectureError, ConfigError
+from lightnas_cli.launch import world as launch_world
 from lightnas_cli.search.base import Architecture, Decision, SearchMethod
 from lightnas_cli.search.enas.controller import Controller, Reinforce
 from lightnas_cli.search.enas.space import (architecture_to_custom_string, decision_kind,
@@ -168,16 +169,29 @@ class EnasSearch(SearchMethod):
     def _controller_step(self, val_batches, rng: np.random.RandomState) -> dict:
         data, label = next(val_batches)
         sample = self.controller.run(self.config.controller.batch_size, rng=rng)
-        rewards, costs = [], []
+        hits = []
         for actions in sample.actions:
             self._select(actions)
-            _, correct = evaluate_batch(self.supernet, data, label, self.task, self.contexts)
-            reward, cost = self.reward(correct / data.shape[0], actions)
+            hits.append(evaluate_batch(self.supernet, data, label, self.task, self.contexts)[1])
+        accuracies = self._accuracies_over_workers(hits, data.shape[0])
+        rewards, costs = [], []
+        for actions, accuracy in zip(sample.actions, accuracies):
+            reward, cost = self.reward(accuracy, actions)
             rewards.append(reward)
             costs.append(cost)
         stats = self.reinforce.update(sample.actions, np.array(rewards))
         stats["sampled_cost"] = float(np.mean(costs))
         return stats
+
+    @staticmethod
+    def _accuracies_over_workers(hits: list[int], samples: int) -> np.ndarray:
+        """Each sampled architecture's accuracy on the validation batch. Launched workers
+        each score their shard of the batch; the hits and samples are summed over them
+        (`launch.world`), so every worker gets the accuracies one process would have, makes
+        the same REINFORCE update and keeps the same controller (the workers sample the same
+        architectures: same controller, same seeded draws)."""
+        totals = launch_world.current().sum("enas/rewards", hits + [samples])
+        return totals[:-1] / totals[-1]
 
     def _val_batches(self, epoch: int):
         loader = self.data.val

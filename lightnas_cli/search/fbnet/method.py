@@ -46,9 +46,9 @@ from lightnas_cli.search.fbnet import space as fbnet_space
 from lightnas_cli.search.fbnet.supernet import FBNetSupernet
 from lightnas_cli.search.relaxation import temperature_at
 from lightnas_cli.search.training import (ClassificationTask, EpochTrainer, LearningRateSchedule,
-                                          evaluate, make_trainer, schedule_from_config,
-                                          structural_params, weight_trainer,
-                                          weight_trainer_from_config)
+                                          average_statistics, evaluate, make_trainer,
+                                          schedule_from_config, structural_params,
+                                          weight_trainer, weight_trainer_from_config)
 from lightnas_cli.seeding import derive_seed, seed_everything
 
 
@@ -188,7 +188,8 @@ class FBNetSearch(SearchMethod):
         # One bar for both phases: the epoch's img/s counts every image it passed.
         with self.logger.epoch_progress(epoch, config.train.epochs, steps,
                                         config.train.batch_size) as progress:
-            metrics = self.weights.train_epoch(self._forward, loader, progress)
+            metrics = self.weights.train_epoch(self._forward, loader, progress,
+                                               statistics=self.supernet.collect_params())
             if searching:
                 metrics.update(self._search_theta(val, progress))
         metrics["phase"] = "search" if searching else "warmup"
@@ -257,7 +258,8 @@ class FBNetSearch(SearchMethod):
         multiply = self.fb.loss == "multiply"
         arch = self.arch.train_epoch(self._forward, val, progress, prefix="arch",
                                      loss_factor=factor if multiply else None,
-                                     extra_loss=None if multiply else added, after_step=record)
+                                     extra_loss=None if multiply else added, after_step=record,
+                                     statistics=self.supernet.collect_params())
         metrics = {k: v for k, v in arch.items() if k != "lr"}
         metrics["arch_lr"] = arch["lr"]
         metrics["sampled_latency_ms"] = float(np.mean(sampled)) if sampled else 0.0
@@ -309,6 +311,8 @@ class FBNetSearch(SearchMethod):
         finally:
             for block, value in zip(norms, momentum):
                 block._kwargs["momentum"] = value
+        # Launched workers each measured their own shard: use the mean of their estimates.
+        average_statistics(net.collect_params(), "fbnet/recalibration")
         source = structural_params(self.supernet.net)
         for path, param in structural_params(net).items():
             if path.endswith(("running_mean", "running_var")):

@@ -69,4 +69,4 @@ class SearchStep:
     def hooks(self) -> dict[str, Any]:
         """Keyword arguments of `EpochTrainer.train_epoch` (after net, loader, progress)."""
         return {"extra_loss": self.extra_loss, "also_step": self.also_step,
-                "after_step": self.after_step}
+                "after_step": self.after_step, "statistics": self.model.collect_params()}
