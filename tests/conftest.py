@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A pytest started in the background by a script (`cmd &`, as shell_scripts/test.sh does)
+# ignores SIGINT, and so would every process it starts: the Ctrl-C tests need what a terminal
+# gives, Python's KeyboardInterrupt handler here and the default disposition in children.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # A tiny, fast ENAS search on class-separable mock images (a few seconds per run).
 TINY_ENAS = {

@@ -91,7 +91,9 @@ def test_written_table_loads_and_predicts_sums(built, tmp_path) -> None:
     fixed = sum(part["latency_ms"] for part in built["fixed"])
     by_hand = fixed + built["layers"][0]["latency_ms"]["k3"] + built["layers"][1]["latency_ms"]["k1"]
     assert table.predict(["layers.0", "layers.1"], ["k3", "k1"]) == pytest.approx(by_hand)
-    assert table.extremes()["fastest_ms"] <= by_hand <= table.extremes()["slowest_ms"]
+    # (sums in another order may differ in the last bit: the random choice can be the fastest)
+    ulp = 1e-12 * by_hand
+    assert table.extremes()["fastest_ms"] - ulp <= by_hand <= table.extremes()["slowest_ms"] + ulp
 
 
 def test_a_table_for_other_shapes_or_another_space_is_refused(built) -> None:
