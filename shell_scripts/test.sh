@@ -3,8 +3,8 @@
 # means the setup is broken, so it fails here too.
 #
 # With no arguments the suite runs as two pytest processes (one core each) that share it by
-# test file: each claims a file before running it (tests/conftest.py), one walking from the
-# first file, the other from the last. Arguments run one plain pytest process with them.
+# test file: each claims the next unclaimed file, slowest first, before running it
+# (tests/conftest.py). Arguments run one plain pytest process with them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash shell_scripts/setup.sh --with-browser || exit $?
@@ -29,16 +29,20 @@ claims=$(mktemp -d)
 second_log=$(mktemp)
 trap 'rm -rf "$claims" "$second_log"' EXIT
 start=$(date +%s)
-LIGHTNAS_TEST_CLAIMS=$claims LIGHTNAS_TEST_REVERSE=1 \
-  .venv/bin/python -m pytest >"$second_log" 2>&1 &
+LIGHTNAS_TEST_CLAIMS=$claims .venv/bin/python -m pytest >"$second_log" 2>&1 &
 second=$!
 LIGHTNAS_TEST_CLAIMS=$claims .venv/bin/python -m pytest
 first_status=$?
 wait "$second"
 second_status=$?
-echo "--- second pytest process (files from the last one) ---"
+echo "--- second pytest process ---"
 cat "$second_log"
-echo "test files run: $(ls "$claims" | wc -l); wall time: $(( $(date +%s) - start )) s"
+ran=$(ls "$claims" | wc -l)
+echo "test files run: $ran; wall time: $(( $(date +%s) - start )) s"
 fail_on_no_tests "$first_status" || exit $?
 fail_on_no_tests "$second_status" || exit $?
+if [ "$ran" -ne "$(ls tests/test_*.py | wc -l)" ]; then
+  echo "error: $ran test files ran of $(ls tests/test_*.py | wc -l)" >&2
+  exit 1
+fi
 exit 0

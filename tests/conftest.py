@@ -58,25 +58,31 @@ def tiny_config(tmp_path: Path) -> Path:
 
 # --- Two pytest processes sharing the suite (shell_scripts/test.sh) ---------------------------
 # With LIGHTNAS_TEST_CLAIMS=DIR, a process runs a test file only after claiming it (creating
-# DIR/<file>.claim exclusively); files another process claimed first are left to it. With
-# LIGHTNAS_TEST_REVERSE=1 it walks the files from the last one, so two processes start at
-# opposite ends and meet wherever the durations put them: balanced without a duration table,
-# each file (and its module fixtures) in one process, each test run exactly once.
+# DIR/<file>.claim exclusively); files another process claimed first are left to it, so each
+# file (and its module fixtures) runs in one process and each test exactly once. Both walk the
+# files slowest first (longest-processing-time scheduling), so they end close together.
 
 _CLAIMS = os.environ.get("LIGHTNAS_TEST_CLAIMS")
 _owned: dict[str, bool] = {}
+#: Seconds per test file (pytest --durations, 2-core machine, 2026-11-30); files not listed
+#: take a few seconds and run last. Stale figures only cost balance, never correctness.
+SLOW_FILES = {"tests/test_train.py": 145, "tests/test_resume.py": 150, "tests/test_sweep.py": 87,
+              "tests/test_deploy.py": 82, "tests/test_fbnet_cli.py": 74,
+              "tests/test_data_streams.py": 69, "tests/test_faults.py": 70,
+              "tests/test_launch.py": 60, "tests/test_resnet_v1v2_search.py": 58,
+              "tests/test_cli.py": 45, "tests/test_meliusnet_search.py": 27,
+              "tests/test_summary.py": 20, "tests/test_fbnet_method.py": 17,
+              "tests/test_pit_method.py": 16}
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
-    if not _CLAIMS or os.environ.get("LIGHTNAS_TEST_REVERSE") != "1":
+    if not _CLAIMS:
         return
-    order: list[str] = []
-    by_file: dict[str, list] = {}
+    files: dict[str, list] = {}
     for item in items:
-        if item.nodeid.split("::")[0] not in by_file:
-            order.append(item.nodeid.split("::")[0])
-        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
-    items[:] = [item for name in reversed(order) for item in by_file[name]]
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    order = sorted(files, key=lambda name: -SLOW_FILES.get(name, 0))  # stable: ties keep order
+    items[:] = [item for name in order for item in files[name]]
 
 
 def _claim(test_file: str) -> bool:
