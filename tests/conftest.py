@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import yaml
@@ -49,6 +52,31 @@ def write_config(folder: Path, config: dict, name: str = "config.yml") -> Path:
     path = folder / name
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
+
+
+def kill_during_epoch_two(args: list[str], cwd: Path, run: Path,
+                          before_kill: Callable[[int], Any] | None = None) -> Any:
+    """Run `lightnas ARGS` (which writes `run`) and SIGKILL it after epoch 1's checkpoint,
+    before epoch 2's; retried with shorter delays, from scratch, when the machine finished
+    epoch 2 first. Returns what `before_kill(pid)` returned (called just before the kill)."""
+    latest = run / "checkpoints" / "latest"
+    for delay in (0.3, 0.05, 0.0):
+        shutil.rmtree(run, ignore_errors=True)
+        process = subprocess.Popen([sys.executable, "-m", "lightnas_cli.cli", *args], cwd=cwd,
+                                   env=cli_env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None:
+            if latest.is_file() and latest.read_text().strip() == "epoch-0001":
+                break
+            time.sleep(0.01)
+        time.sleep(delay)
+        seen = before_kill(process.pid) if before_kill else None
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        if latest.is_file() and latest.read_text().strip() == "epoch-0001":
+            return seen
+    raise AssertionError("could not kill the run during epoch 2")
 
 
 @pytest.fixture

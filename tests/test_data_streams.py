@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import TINY_ENAS, cli_env, run_cli, write_config
+from conftest import TINY_ENAS, kill_during_epoch_two, run_cli, write_config
 from lightnas_cli.config.schema import DataConfig
 from lightnas_cli.data import describe, load
 from lightnas_cli.data.recordio import MAGIC_BYTES, RecordFile
@@ -326,24 +322,8 @@ def test_recordio_search_resumes_exactly_after_sigkill(tmp_path: Path) -> None:
     assert full.returncode == 0, full.stderr
 
     run = tmp_path / "trainings" / "killed"
-    for delay in (0.3, 0.05, 0.0):
-        process = subprocess.Popen([sys.executable, "-m", "lightnas_cli.cli", "search", "-c",
-                                    str(config), "run.name=killed"], cwd=tmp_path, env=cli_env(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        latest = run / "checkpoints" / "latest"
-        deadline = time.time() + 240
-        while time.time() < deadline and process.poll() is None:
-            if latest.is_file() and latest.read_text().strip() == "epoch-0001":
-                break
-            time.sleep(0.01)
-        time.sleep(delay)
-        workers = _children(process.pid)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        if latest.read_text().strip() == "epoch-0001":
-            break
-        subprocess.run(["rm", "-rf", str(run)], check=True)
-    assert latest.read_text().strip() == "epoch-0001", "could not kill the run during epoch 2"
+    workers = kill_during_epoch_two(["search", "-c", str(config), "run.name=killed"], tmp_path,
+                                    run, before_kill=_children)
     # The decoding workers die with the training process instead of lingering.
     assert workers, "no worker processes were running"
     deadline = time.time() + 10

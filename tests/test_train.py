@@ -8,10 +8,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mxnet as mx
@@ -19,7 +16,7 @@ import numpy as np
 import pytest
 from mxnet import nd
 
-from conftest import TINY_ENAS, cli_env, run_cli, write_config
+from conftest import TINY_ENAS, kill_during_epoch_two, run_cli, write_config
 from test_cli import tree_digest
 from test_pit_method import TINY_PIT
 
@@ -183,23 +180,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_train_run(work: Path) -> 
             "data.limit_train=96"]
     ok(run_cli([*args, "run.name=t_full"], work))
     run = work / "trainings" / "t_killed"
-    for delay in (0.2, 0.05, 0.0):
-        shutil.rmtree(run, ignore_errors=True)
-        process = subprocess.Popen([sys.executable, "-m", "lightnas_cli.cli", *args,
-                                    "run.name=t_killed"], cwd=work, env=cli_env(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        latest = run / "checkpoints" / "latest"
-        deadline = time.time() + 240
-        while time.time() < deadline and process.poll() is None:
-            if latest.is_file() and latest.read_text().strip() == "epoch-0001":
-                break
-            time.sleep(0.01)
-        time.sleep(delay)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        if latest.is_file() and latest.read_text().strip() == "epoch-0001":
-            break
-    assert latest.read_text().strip() == "epoch-0001", "could not kill the run in epoch 2"
+    kill_during_epoch_two([*args, "run.name=t_killed"], work, run)
     ok(run_cli(["resume", "t_killed"], work))
     full, resumed = metrics(work / "trainings" / "t_full"), metrics(run)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]

@@ -34,7 +34,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from lightnas_cli.checkpoint import load_trainer_state, trainer_state
-from lightnas_cli.errors import ConfigError, DivergedError
+from lightnas_cli.errors import ArchitectureError, ConfigError, DivergedError
 from lightnas_cli.launch import world as launch_world
 
 #: Optimizers a config may name (`train.optimizer`); momentum applies to the first two.
@@ -52,6 +52,27 @@ def structural_params(net: gluon.Block) -> dict[str, gluon.Parameter]:
             seen.add(id(param))
             result[name] = param
     return result
+
+
+def parameter_arrays(named: dict[str, gluon.Parameter], prefix: str = "net/") -> dict:
+    """Checkpoint arrays of parameters, `prefix + name` -> value (the devices' copies reduced);
+    `restore_parameters` reads them back."""
+    return {f"{prefix}{key}": param._reduce() for key, param in named.items()}
+
+
+def restore_parameters(named: dict[str, gluon.Parameter], arrays: dict, prefix: str = "net/",
+                       missing: Callable[[str], str] | None = None) -> None:
+    """Set parameters from the checkpoint arrays `parameter_arrays` wrote. An array the
+    checkpoint lacks is an ArchitectureError (`missing(name)` may word it). Each parameter
+    gets fresh buffers first: after an inference pass oneDNN may hold a weight in its own
+    layout, and copying into such a buffer fails ("Check failed: to.IsDefaultData")."""
+    for key, param in named.items():
+        name = f"{prefix}{key}"
+        if name not in arrays:
+            raise ArchitectureError(missing(name) if missing else
+                                    f"checkpoint lacks {name}: written by another model")
+        param.initialize(ctx=param.list_ctx(), force_reinit=True)
+        param.set_data(arrays[name])
 
 
 def make_trainer(params: Any, optimizer: str, lr: float, contexts: Sequence[mx.Context],

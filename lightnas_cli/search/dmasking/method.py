@@ -36,7 +36,8 @@ from lightnas_cli.search.dmasking.supernet import LatencyTap, MaskedNet, layer_d
 from lightnas_cli.search.relaxation import temperature_at
 from lightnas_cli.search.training import (ClassificationTask, EpochTrainer,
                                           LearningRateSchedule, average_statistics, evaluate,
-                                          make_trainer, structural_params, weight_trainer)
+                                          make_trainer, parameter_arrays, restore_parameters,
+                                          structural_params, weight_trainer)
 from lightnas_cli.seeding import seed_everything
 
 #: The zoo model every derived network is (bmxnet_models/lenet.py).
@@ -367,7 +368,7 @@ class DMaskingSearch(SearchMethod):
 
     # --- state --------------------------------------------------------------------------
     def state(self) -> tuple[dict, dict]:
-        arrays = {f"net/{k}": p._reduce() for k, p in structural_params(self.supernet).items()}
+        arrays = parameter_arrays(structural_params(self.supernet))
         weight_arrays, weight_state = self.weights.state("weights_opt")
         arch_arrays, arch_state = self.arch.state("arch_opt")
         arrays.update(weight_arrays)
@@ -379,14 +380,9 @@ class DMaskingSearch(SearchMethod):
     def load_state(self, arrays: dict, json_state: dict) -> None:
         if json_state.get("decisions") != len(self.space.decisions()):
             raise ArchitectureError("checkpoint was written for a different arch_def")
-        for key, param in structural_params(self.supernet).items():
-            name = f"net/{key}"
-            if name not in arrays:
-                raise ArchitectureError(f"checkpoint lacks {name}: written for another arch_def")
-            # Fresh buffers first: oneDNN may hold a weight in its own layout after inference,
-            # and copying into such a buffer fails.
-            param.initialize(ctx=param.list_ctx(), force_reinit=True)
-            param.set_data(arrays[name])
+        restore_parameters(structural_params(self.supernet), arrays,
+                           missing=lambda name: f"checkpoint lacks {name}: written for another "
+                                                f"arch_def")
         self.weights.load_state("weights_opt", arrays, json_state["weights_opt"],
                                 json_state["weights_step"])
         self.arch.load_state("arch_opt", arrays, json_state["arch_opt"], json_state["arch_step"])

@@ -47,6 +47,7 @@ from lightnas_cli.search.fbnet.supernet import FBNetSupernet
 from lightnas_cli.search.relaxation import temperature_at
 from lightnas_cli.search.training import (ClassificationTask, EpochTrainer, LearningRateSchedule,
                                           average_statistics, evaluate, make_trainer,
+                                          parameter_arrays, restore_parameters,
                                           schedule_from_config, structural_params,
                                           weight_trainer, weight_trainer_from_config)
 from lightnas_cli.seeding import derive_seed, seed_everything
@@ -413,9 +414,13 @@ class FBNetSearch(SearchMethod):
         return mx.sym.Group(list(self.supernet(mx.sym.var("data"), mx.sym.var("tau"))))
 
     # --- state ----------------------------------------------------------------------------
+    def _thetas(self) -> dict[str, gluon.Parameter]:
+        """θ of every searchable layer, by layer index (their checkpoint names)."""
+        return {str(i): theta for i, theta in enumerate(self.supernet.thetas())}
+
     def state(self) -> tuple[dict, dict]:
-        arrays = {f"net/{k}": p._reduce() for k, p in structural_params(self.supernet.net).items()}
-        arrays.update({f"theta/{i}": p._reduce() for i, p in enumerate(self.supernet.thetas())})
+        arrays = parameter_arrays(structural_params(self.supernet.net))
+        arrays.update(parameter_arrays(self._thetas(), prefix="theta/"))
         weight_arrays, weight_state = self.weights.state("weights_opt")
         arch_arrays, arch_state = self.arch.state("arch_opt")
         arrays.update(weight_arrays)
@@ -434,14 +439,8 @@ class FBNetSearch(SearchMethod):
     def load_state(self, arrays: dict, json_state: dict) -> None:
         if json_state.get("candidates") != [len(spec.candidates) for spec in self.specs]:
             raise ArchitectureError("checkpoint was written for a different FBNet space")
-        named = [(f"net/{k}", p) for k, p in structural_params(self.supernet.net).items()]
-        named += [(f"theta/{i}", p) for i, p in enumerate(self.supernet.thetas())]
-        for name, param in named:
-            if name not in arrays:
-                raise ArchitectureError(f"checkpoint lacks {name}: written by another model")
-            # Fresh buffers first: oneDNN may hold a weight in its own layout after a pass.
-            param.initialize(ctx=param.list_ctx(), force_reinit=True)
-            param.set_data(arrays[name])
+        restore_parameters(structural_params(self.supernet.net), arrays)
+        restore_parameters(self._thetas(), arrays, prefix="theta/")
         self.weights.load_state("weights_opt", arrays, json_state["weights_opt"],
                                 json_state["global_step"])
         self.arch.load_state("arch_opt", arrays, json_state["arch_opt"], json_state["arch_step"])

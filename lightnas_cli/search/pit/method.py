@@ -51,8 +51,8 @@ from lightnas_cli.search.pit.dense import PITDense
 from lightnas_cli.search.pit.model import PITModel
 from lightnas_cli.search.pit.regularizers import REPORTED_COSTS
 from lightnas_cli.search.pit.step import SearchStep
-from lightnas_cli.search.training import (TASKS, evaluate, make_trainer, structural_params,
-                                          weight_trainer)
+from lightnas_cli.search.training import (TASKS, evaluate, make_trainer, parameter_arrays,
+                                          restore_parameters, structural_params, weight_trainer)
 from lightnas_cli.seeding import seed_everything
 
 #: The Gluon classes `pit.exclude_types` names (the schema lists the allowed names).
@@ -318,7 +318,7 @@ class PitSearch(SearchMethod):
                 if not isinstance(p, gluon.Constant)}
 
     def state(self) -> tuple[dict, dict]:
-        arrays = {f"net/{k}": p._reduce() for k, p in self._state_params().items()}
+        arrays = parameter_arrays(self._state_params())
         weight_arrays, weight_state = self.weights.state("weights_opt")
         arrays.update(weight_arrays)
         json_state = {"global_step": self.weights.global_step, "weights_opt": weight_state,
@@ -330,18 +330,12 @@ class PitSearch(SearchMethod):
         return arrays, json_state
 
     def load_state(self, arrays: dict, json_state: dict) -> None:
-        for key, param in self._state_params().items():
-            name = f"net/{key}"
-            if name not in arrays:
-                older = name.endswith("/masks") and any(k.endswith("alpha") for k in arrays)
-                raise ArchitectureError(
-                    f"checkpoint lacks {name}: written by an older LightNAS, which kept one "
-                    f"parameter per mask; start the search again with this version"
-                    if older else f"checkpoint lacks {name}: written by another model")
-            # Fresh buffers first: after an inference pass oneDNN may hold a weight in its own
-            # layout, and copying into such a buffer fails ("Check failed: to.IsDefaultData").
-            param.initialize(ctx=param.list_ctx(), force_reinit=True)
-            param.set_data(arrays[name])
+        def missing(name: str) -> str:
+            if name.endswith("/masks") and any(k.endswith("alpha") for k in arrays):
+                return (f"checkpoint lacks {name}: written by an older LightNAS, which kept one "
+                        f"parameter per mask; start the search again with this version")
+            return f"checkpoint lacks {name}: written by another model"
+        restore_parameters(self._state_params(), arrays, missing=missing)
         self.weights.load_state("weights_opt", arrays, json_state["weights_opt"],
                                 json_state["global_step"])
         if self.arch_trainer is not None and "arch_opt" in json_state:

@@ -21,6 +21,7 @@ from lightnas_cli import costs as cost_models
 from lightnas_cli.errors import ArchitectureError, ConfigError
 from lightnas_cli.search.base import Architecture, SearchMethod, get_method
 from lightnas_cli.search.training import (ClassificationTask, DistillationTask, evaluate,
+                                          parameter_arrays, restore_parameters,
                                           structural_params, weight_trainer)
 from lightnas_cli.seeding import seed_everything
 
@@ -241,20 +242,14 @@ class TrainMethod(SearchMethod):
         return {"trained_from": f"{source.kind} {where}, init {self.config.init}"}
 
     def state(self) -> tuple[dict, dict]:
-        arrays = {f"net/{k}": p._reduce() for k, p in structural_params(self.net).items()}
+        arrays = parameter_arrays(structural_params(self.net))
         weight_arrays, weight_state = self.weights.state("weights_opt")
         arrays.update(weight_arrays)
         return arrays, {"global_step": self.weights.global_step, "weights_opt": weight_state,
                         "search_weights_pending": self._search_weights_pending}
 
     def load_state(self, arrays: dict, json_state: dict) -> None:
-        for key, param in structural_params(self.net).items():
-            name = f"net/{key}"
-            if name not in arrays:
-                raise ArchitectureError(f"checkpoint lacks {name}: written by another network")
-            # Fresh buffers first (oneDNN may hold a weight in its own layout after a pass).
-            param.initialize(ctx=param.list_ctx(), force_reinit=True)
-            param.set_data(arrays[name])
+        restore_parameters(structural_params(self.net), arrays)
         self.weights.load_state("weights_opt", arrays, json_state["weights_opt"],
                                 json_state["global_step"])
         self._search_weights_pending = bool(json_state.get("search_weights_pending", False))
