@@ -68,6 +68,7 @@ from mxnet.gluon import nn
 from bmxnet_models.binary import (QConv2D, check_activation, check_binary_padding, check_bits,
                                   check_weight_scaling)
 from bmxnet_models.enas.unit import enas_unit
+from bmxnet_models.resnet_e import StagedResNet
 from lightnas_cli.errors import ConfigError
 
 __all__ = ["ResNet", "BasicBlockV1Enas", "BasicBlockV2Enas", "BottleNeckBlockV1Enas",
@@ -286,7 +287,7 @@ _BLOCKS = {(1, "basic"): BasicBlockV1Enas, (1, "bottleneck"): BottleNeckBlockV1E
            (2, "basic"): BasicBlockV2Enas, (2, "bottleneck"): BottleNeckBlockV2Enas}
 
 
-class ResNet(gluon.HybridBlock):
+class ResNet(StagedResNet):
     """Binary ResNet V1/V2 (NCHW, any input size) as a plain model or an ENAS supernet.
 
     With ``enas=False`` every block uses ``bits``; with ``enas=True`` every block is an
@@ -371,18 +372,6 @@ class ResNet(gluon.HybridBlock):
                 in_channels = channels
         return stage
 
-    @property
-    def blocks(self) -> list[gluon.HybridBlock]:
-        """The residual blocks (plain blocks or `EnasUnit`s) in network order."""
-        return [block for index in self._stage_indices
-                for block in self.features[index]._children.values()]
-
-    @property
-    def num_blocks(self) -> int:
-        return sum(self.stages)
-
-    def hybrid_forward(self, F: Any, x: Any) -> Any:
-        return self.output(self.features(x))
 
 
 def _constructor(depth: int, version: int):

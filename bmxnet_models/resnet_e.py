@@ -141,7 +141,26 @@ class BasicBlockEnas(gluon.HybridBlock):
 BasicBlockE: type = BasicBlockEnas.block_class
 
 
-class ResNetE(gluon.HybridBlock):
+class StagedResNet(gluon.HybridBlock):
+    """What ResNet-E and the binary ResNet V1/V2 share: `features` (stem, then one
+    HybridSequential of residual blocks per stage, at `_stage_indices`), `output`, and
+    `stages` (blocks per stage)."""
+
+    @property
+    def blocks(self) -> list[gluon.HybridBlock]:
+        """The residual blocks (plain blocks or `EnasUnit`s) in network order."""
+        return [block for index in self._stage_indices
+                for block in self.features[index]._children.values()]
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.stages)
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return self.output(self.features(x))
+
+
+class ResNetE(StagedResNet):
     """ResNet-E network (NCHW, any input size) as a plain model or an ENAS supernet.
 
     With ``enas=False`` every block uses ``bits``; with ``enas=True`` every block is an
@@ -220,18 +239,6 @@ class ResNetE(gluon.HybridBlock):
             return BasicBlockEnas(channels, stride, in_channels, **options)
         return BasicBlockEnas(channels, stride, in_channels, bits=self.bits, **options)
 
-    @property
-    def blocks(self) -> list[gluon.HybridBlock]:
-        """The residual blocks (plain blocks or `EnasUnit`s) in network order."""
-        return [block for index in self._stage_indices
-                for block in self.features[index]._children.values()]
-
-    @property
-    def num_blocks(self) -> int:
-        return sum(self.stages)
-
-    def hybrid_forward(self, F: Any, x: Any) -> Any:
-        return self.output(self.features(x))
 
 
 def resnet_e18(classes: int = 1000, stem: str = "thumbnail", base_channels: int = 64,
