@@ -237,14 +237,40 @@ class RunLogger:
         if self._writer_usable():
             self.writer._file_writer.add_summary(_text_summary(tag, text), step)
 
+    def _drained(self, events: Any) -> bool:
+        """Wait until mxboard's event thread has written every queued event, or has died
+        (mxboard's own flush, `queue.join()`, would wait forever for a thread that died
+        with events still queued: a full disk at the wrong moment hung a run). True when
+        everything was written."""
+        queue, worker = events._event_queue, events._worker
+        with queue.all_tasks_done:
+            while queue.unfinished_tasks and worker.is_alive():
+                queue.all_tasks_done.wait(0.1)
+            return not queue.unfinished_tasks
+
     def flush(self) -> None:
         """Push pending events to disk (e.g. before a checkpoint, so logs match it)."""
-        if self._writer_usable():
+        if not self._writer_usable():
+            return
+        events = self._event_writer()
+        if not hasattr(events, "_event_queue"):  # another mxboard: its own flush
             self.writer.flush()
+        elif self._drained(events):
+            events._ev_writer.flush()
+        else:
+            self._writer_usable()  # the thread died: drop the writer, with its warning
 
     def close(self) -> None:
         if self._writer_usable():
-            self.writer.close()
+            events = self._event_writer()
+            if not hasattr(events, "_event_queue"):
+                self.writer.close()
+            else:
+                events.add_event(events._sentinel_event)
+                if self._drained(events):
+                    events._worker.join()
+                    events._ev_writer.close()
+                    events._closed = True
         self.writer = None
 
     def __enter__(self) -> "RunLogger":

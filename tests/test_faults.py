@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -450,6 +451,32 @@ def test_item_07_writers_failing_after_the_error_add_no_traceback(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
     assert result.stderr.count("warning: a background writer stopped: No space left") == 1
+
+
+def test_item_07_event_thread_dying_during_a_flush_does_not_hang(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """The event thread alive when a flush starts, dead (full disk) before the events queued
+    behind the failing one are written: mxboard's own flush (queue.join) would wait forever.
+    Seen as a hung `resume` on a full tmpfs, about one run in eight under load."""
+    from lightnas_cli.logging import RunLogger
+    logger = RunLogger(tmp_path / "logs", tensorboard=True, plain=True)
+    events = logger._event_writer()
+    assert events is not None, "mxboard is needed for this test"
+
+    def full_disk(event) -> None:
+        time.sleep(0.3)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(events._ev_writer, "write_event", full_disk)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the thread's death
+    logger.scalars({"a": 1.0, "b": 2.0, "c": 3.0}, step=1)
+    assert events._worker.is_alive()
+    done = threading.Event()
+    flusher = threading.Thread(target=lambda: (logger.flush(), logger.close(), done.set()),
+                               daemon=True)
+    flusher.start()
+    flusher.join(timeout=20)
+    assert done.is_set(), "flush/close waited for a dead event thread"
+    assert logger.writer is None
 
 
 # --- 8. file-system faults and oversized inputs ----------------------------------------------
