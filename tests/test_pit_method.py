@@ -175,7 +175,7 @@ def test_reconstruction_task_without_accuracy(tmp_path: Path):
 
 @pytest.mark.parametrize("override, message", [
     (["pit.warmup_epochs=3", "pit.finetune_epochs=1"], "exceed train.epochs"),
-    (["pit.regularizer=latency"], "'pit.regularizer' is 'latency'"),
+    (["pit.regularizer=latency"], "'pit.regularizer': unknown cost model 'latency'"),
     (["pit.exclude_types=[Conv3D]"], "'pit.exclude_types' is 'Conv3D'; allowed: Conv1D"),
 ])
 def test_config_errors_exit_2(tmp_path: Path, override, message):

@@ -192,3 +192,38 @@ def test_systolic_pit_regularizer_is_differentiable() -> None:
     value.backward()
     assert float(value.asscalar()) > 0
     assert any(np.abs(p.grad().asnumpy()).sum() > 0 for p in masks)
+
+
+def test_pit_regularizer_takes_cost_options(tmp_path: Path) -> None:
+    """`pit.regularizer: systolic:s1=4,s2=4` prices a 4x4 array (not the default 128x128),
+    in the fast regularizer and in the reported costs; a wrong option exits 2."""
+    from lightnas_cli.search.pit.model import PITModel
+
+    net = gluon.nn.HybridSequential(prefix="sysopt_")
+    net.add(gluon.nn.Conv2D(12, 3, padding=1, in_channels=2), gluon.nn.Activation("relu"),
+            gluon.nn.Dense(4, in_units=12 * 6 * 6))
+    net.initialize()
+    small = costs.cost_model_from_spec("systolic:s1=4,s2=4").total(costs.profile(net, (2, 6, 6)))
+    default = costs.get_cost_model("systolic").total(costs.profile(net, (2, 6, 6)))
+    assert small > default
+    pit = PITModel(net, (2, 6, 6))
+    spec = "systolic:s1=4,s2=4"
+    assert pit.costs(soft=False, names=(spec,))[spec] == small
+    # The options reach the fast regularizer: with the exact ceiling its value on the
+    # binarized masks is the 4x4 array's cost; the smooth one differs from the default's.
+    exact = "systolic:s1=4,s2=4,ceiling=exact"
+    assert float(pit.regularizer(exact, discrete=True).asscalar()) == small
+    assert float(pit.regularizer(spec).asscalar()) != pytest.approx(
+        float(pit.regularizer("systolic").asscalar()))
+
+    from conftest import REPO
+    config = REPO / "configs" / "mock" / "pit_tcn.yml"
+    ok = run_cli(["search", "-c", str(config), "run.name=s", "train.epochs=2",
+                  "pit.finetune_epochs=0", f"pit.regularizer={spec}"], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    record = json.loads((tmp_path / "trainings/s/logs/architectures/epoch_2.json").read_text())
+    assert record["costs"]["cost_name"] == spec and record["costs"][spec] > 0
+    bad = run_cli(["search", "-c", str(config), "run.name=b", "pit.regularizer=systolic:rows=4"],
+                  tmp_path)
+    assert bad.returncode == 2 and "has no option(s) rows" in bad.stderr
+    assert not (tmp_path / "trainings" / "b").exists()

@@ -29,9 +29,11 @@ def regularizer_choices() -> list[str]:
     return sorted(set(available_cost_models()) | set(REGULARIZER_ALIASES))
 
 
-def regularizer_cost_model(name: str) -> str:
-    """The cost model a `pit.regularizer` value names."""
-    return REGULARIZER_ALIASES.get(name, name)
+def regularizer_cost_model(spec: str) -> str:
+    """The cost-model spec a `pit.regularizer` value stands for: `size` -> `params`, options
+    kept (`systolic:s1=16,s2=16` as it is)."""
+    name, sep, options = str(spec).partition(":")
+    return REGULARIZER_ALIASES.get(name.strip(), name.strip()) + sep + options
 
 
 @dataclass
@@ -50,10 +52,11 @@ class PitModelConfig(ModelSection):
 @dataclass
 class PitConfig:
     # Cost the regularizer counts: any registered cost model of lightnas_cli.costs, e.g. size
-    # (= params: parameters, biases included) | macs | flops (2 x MACs) | binary_memory. Computed
-    # from the continuous masks, so it is differentiable (Risso et al. 2021; PLiNIO's params /
-    # ops cost specs).
-    regularizer: str = setting("size", choices=regularizer_choices)
+    # (= params: parameters, biases included) | macs | flops (2 x MACs) | binary_memory |
+    # systolic, with options as name:key=value,... (e.g. systolic:s1=16,s2=16). Computed from
+    # the continuous masks, so it is differentiable (Risso et al. 2021; PLiNIO's params / ops
+    # cost specs).
+    regularizer: str = "size"
     # λ: loss = task loss + strength * regularizer.
     strength: float = setting(0.1, ge=0, le=1e12)
     # Divide the regularizer by the unpruned network's cost, so `strength` is relative: 0.1
@@ -112,6 +115,16 @@ class PitSearchConfig(BaseConfig):
 
     @staticmethod
     def check(cfg: Any) -> None:
+        from lightnas_cli.costs import cost_model_from_spec
+        name = str(cfg.pit.regularizer).partition(":")[0].strip()
+        if name not in regularizer_choices():
+            raise ConfigError(f"'pit.regularizer': unknown cost model {name!r}; choose one of "
+                              f"{', '.join(regularizer_choices())} (options as "
+                              f"name:key=value, e.g. systolic:s1=16,s2=16)")
+        try:
+            cost_model_from_spec(regularizer_cost_model(cfg.pit.regularizer))
+        except ConfigError as exc:
+            raise ConfigError(f"'pit.regularizer': {exc}") from None
         phases, epochs = cfg.pit.warmup_epochs + cfg.pit.finetune_epochs, cfg.train.epochs
         if phases > epochs:
             raise ConfigError(f"pit.warmup_epochs ({cfg.pit.warmup_epochs}) + "

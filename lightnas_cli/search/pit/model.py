@@ -12,6 +12,7 @@ one mask parameter.
 """
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
@@ -36,6 +37,10 @@ from lightnas_cli.search.pit.regularizers import (REPORTED_COSTS, StackedCost, b
 THETA_KEYS = ("masks", "gate", "alpha_free", "alpha_keep", "tap_matrix", "tap_offset", "one")
 TAP_KEYS = ("index_beta", "index_gamma")
 
+
+def _scope(cost_spec: str) -> str:
+    """A cost spec (`systolic:s1=16`) as a Gluon name-scope word (`systolic_s1_16`)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", cost_spec)
 
 class PITModel(gluon.HybridBlock):
     """A network converted for PIT. Call it like the network; it computes the masked network.
@@ -373,7 +378,7 @@ class CostGraph(gluon.HybridBlock):
     """
 
     def __init__(self, model: PITModel, cost: StackedCost, ctx: list[mx.Context]):
-        super().__init__(prefix=f"{model.prefix}cost_{cost.cost_name}_")
+        super().__init__(prefix=f"{model.prefix}cost_{_scope(cost.cost_name)}_")
         self._owner = SimpleNamespace(model=model, cost=cost)
         _register(self, model.bank_parameters(_cost_keys(model, cost)))
         _constants(self, cost.constants(), ctx)
@@ -397,7 +402,7 @@ class SearchGraph(gluon.HybridBlock):
     """
 
     def __init__(self, model: PITModel, cost: StackedCost):
-        super().__init__(prefix=f"{model.prefix}search_{cost.cost_name}_")
+        super().__init__(prefix=f"{model.prefix}search_{_scope(cost.cost_name)}_")
         self.cost = cost
         with self.name_scope():
             self.model = model

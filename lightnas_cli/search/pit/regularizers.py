@@ -125,7 +125,7 @@ def model_costs(layers: list[LayerEntry], soft: bool = True, theta: ThetaFn | No
     asked for), plus `layers`: per layer (path, params, macs). `scope` "searchable" counts
     the PIT layers only."""
     theta = theta or default_theta()
-    models = {name: costs.get_cost_model(name) for name in names}
+    models = {name: costs.cost_model_from_spec(name) for name in names}
     params, macs = costs.get_cost_model("params"), costs.get_cost_model("macs")
     totals: dict[str, Any] = {name: 0 for name in names}
     per_layer = []
@@ -206,7 +206,7 @@ class StackedCost:
     def __init__(self, entries: Sequence[LayerEntry], bank: "MaskBank", cost_name: str,
                  discrete: bool = False, scope: str = "all"):
         self.cost_name = regularizer_cost_model(cost_name)
-        self.model = costs.get_cost_model(self.cost_name)
+        self.model = costs.cost_model_from_spec(self.cost_name)
         self.bank = bank
         self.discrete = bool(discrete)
         self.width = bank.n_theta + 1 + bank.n_tap_products
