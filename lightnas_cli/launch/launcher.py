@@ -306,7 +306,6 @@ class Launch:
                 return 1
             time.sleep(poll_s)
 
-
     def _check_digests(self) -> int:
         """0 when the workers that announced their final state agree on it, else 1."""
         for reader in self._readers:  # the last lines may still be on their way
