@@ -421,6 +421,25 @@ class _SearchSpaceNet(gluon.HybridBlock):
     """stem -> searchable layers -> tail -> head; the supernet takes mixing weights."""
 
     specs: list[LayerSpec]
+    space: str
+
+    def _set_space(self, width_multiplier: float, channel_divisor: int, choices: Any) -> None:
+        """The searchable layers of `space` at this width, and the chosen candidates (None
+        for the supernet)."""
+        if float(width_multiplier) <= 0:
+            raise ConfigError(f"width_multiplier must be > 0, got {width_multiplier}")
+        self.specs = layer_specs(self.space, width_multiplier, _check_divisor(channel_divisor))
+        self.choices = _parse_choices(choices, self.specs)
+
+    def _stem(self, in_channels: int, stride: int) -> nn.HybridSequential:
+        """3x3 convolution -> BN -> ReLU to the first searchable layer's width (call inside
+        the network's name scope, so parameter names stay those of the network)."""
+        width = self.specs[0].in_channels
+        stem = nn.HybridSequential(prefix="stem_")
+        stem.add(nn.Conv2D(width, 3, strides=_positive("stem_stride", stride), padding=1,
+                           in_channels=_positive("in_channels", in_channels), use_bias=False),
+                 nn.BatchNorm(in_channels=width), nn.Activation("relu"))
+        return stem
 
     def _build_layers(self, choices: list[str] | None, norm_before: bool, bn_inside: bool,
                       groups: int) -> None:
@@ -505,20 +524,11 @@ class FBNet(_SearchSpaceNet):
             raise ConfigError(f"bn must be 'inside' (the paper) or 'outside' (seed 003), got {bn!r}")
         if last_kernel not in (1, 3):
             raise ConfigError(f"last_kernel must be 1 (the paper) or 3 (seed 003), got {last_kernel!r}")
-        if float(width_multiplier) <= 0:
-            raise ConfigError(f"width_multiplier must be > 0, got {width_multiplier}")
-        divisor = _check_divisor(channel_divisor)
-        self.specs = layer_specs("fbnet", width_multiplier, divisor)
-        self.choices = _parse_choices(choices, self.specs)
+        self._set_space(width_multiplier, channel_divisor, choices)
         feature_dim = _positive("feature_dim", 1984 if feature_dim is None else feature_dim)
-        stem = self.specs[0].in_channels
         last = self.specs[-1].out_channels
         with self.name_scope():
-            self.stem = nn.HybridSequential(prefix="stem_")
-            self.stem.add(nn.Conv2D(stem, 3, strides=_positive("stem_stride", stem_stride),
-                                    padding=1, in_channels=_positive("in_channels", in_channels),
-                                    use_bias=False),
-                          nn.BatchNorm(in_channels=stem), nn.Activation("relu"))
+            self.stem = self._stem(in_channels, stem_stride)
             self._build_layers(self.choices, bn == "outside", bn == "inside", 2)
             self.tail = nn.HybridSequential(prefix="tail_")
             self.tail.add(nn.Conv2D(feature_dim, last_kernel, padding=last_kernel // 2,
@@ -538,21 +548,12 @@ class FBNetSE(_SearchSpaceNet):
                  feature_dim: int | None = None, groups: int = 2, head: str = "softmax",
                  margin: float | None = None, scale: float | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        if float(width_multiplier) <= 0:
-            raise ConfigError(f"width_multiplier must be > 0, got {width_multiplier}")
-        divisor = _check_divisor(channel_divisor)
-        self.specs = layer_specs("fbnet_se", width_multiplier, divisor)
-        self.choices = _parse_choices(choices, self.specs)
+        self._set_space(width_multiplier, channel_divisor, choices)
         feature_dim = _positive("feature_dim", 192 if feature_dim is None else feature_dim)
-        stem = self.specs[0].in_channels
         last = self.specs[-1].out_channels
         with self.name_scope():
-            self.stem = nn.HybridSequential(prefix="stem_")
-            self.stem.add(nn.Conv2D(stem, 3, strides=_positive("stem_stride", stem_stride),
-                                    padding=1, in_channels=_positive("in_channels", in_channels),
-                                    use_bias=False),
-                          nn.BatchNorm(in_channels=stem), nn.Activation("relu"),
-                          nn.MaxPool2D(3, 2, 1))
+            self.stem = self._stem(in_channels, stem_stride)
+            self.stem.add(nn.MaxPool2D(3, 2, 1))
             self._build_layers(self.choices, False, True, _positive("groups", groups))
             self.tail = nn.HybridSequential(prefix="tail_")
             self.tail.add(nn.GlobalAvgPool2D(), nn.Flatten(),
