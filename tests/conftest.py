@@ -54,6 +54,28 @@ def write_config(folder: Path, config: dict, name: str = "config.yml") -> Path:
     return path
 
 
+def assert_same_metrics(got: list[dict], want: list[dict]) -> None:
+    """Two runs' metrics.jsonl records agree epoch for epoch in every key but the wall time
+    (`seconds`), which no two runs share."""
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
+    for a, b in zip(got, want):
+        assert {k: v for k, v in a.items() if k != "seconds"} == \
+            {k: v for k, v in b.items() if k != "seconds"}, a["epoch"]
+
+
+def assert_same_checkpoint(run_a: Path, run_b: Path, epoch: int) -> dict:
+    """Two runs' checkpoints of `epoch` hold the same arrays, bit for bit; returns run_a's."""
+    import mxnet as mx
+    import numpy as np
+    name = f"epoch-{epoch:04d}"
+    a = mx.nd.load(str(run_a / "checkpoints" / name / "arrays.params"))
+    b = mx.nd.load(str(run_b / "checkpoints" / name / "arrays.params"))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key].asnumpy(), b[key].asnumpy(), err_msg=key)
+    return a
+
+
 def kill_during_epoch_two(args: list[str], cwd: Path, run: Path,
                           before_kill: Callable[[int], Any] | None = None) -> Any:
     """Run `lightnas ARGS` (which writes `run`) and SIGKILL it after epoch 1's checkpoint,

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import TINY_ENAS, kill_during_epoch_two, run_cli, write_config
+from conftest import TINY_ENAS, assert_same_metrics, kill_during_epoch_two, run_cli, write_config
 from lightnas_cli.config.schema import DataConfig
 from lightnas_cli.data import describe, load
 from lightnas_cli.data.recordio import MAGIC_BYTES, RecordFile
@@ -340,9 +340,7 @@ def test_recordio_search_resumes_exactly_after_sigkill(tmp_path: Path) -> None:
 
     reference, continued = metrics("full"), metrics("killed")
     assert [r["epoch"] for r in continued] == [1, 2]
-    for before, after in zip(reference, continued):
-        assert {k: v for k, v in before.items() if k != "seconds"} == \
-            {k: v for k, v in after.items() if k != "seconds"}
+    assert_same_metrics(continued, reference)
     arch = "logs/architectures/epoch_2.json"
     assert json.loads((run / arch).read_text()) == \
         json.loads((tmp_path / "trainings" / "full" / arch).read_text())

@@ -10,7 +10,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import mxnet as mx
 import numpy as np
 import pytest
 from mxnet import autograd, gluon, nd
@@ -18,7 +17,8 @@ from mxnet import autograd, gluon, nd
 from lightnas_cli import costs
 from lightnas_cli.errors import ConfigError
 
-from conftest import REPO, cli_env, run_cli, write_config
+from conftest import (REPO, assert_same_checkpoint, assert_same_metrics, cli_env, run_cli,
+                      write_config)
 
 ARCH_DEF = [
     {"type": "conv", "name": "c1", "channels": [2, 4], "kernel": [1, 3], "batchnorm": True},
@@ -285,13 +285,5 @@ def test_search_logs_alpha_latency_and_exports(workdir: Path) -> None:
 
 def test_resume_is_exact(workdir: Path) -> None:
     full, part = workdir / "trainings" / "full", workdir / "trainings" / "part"
-
-    def strip(run: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in _metrics(run)]
-
-    assert strip(part) == strip(full)
-    a = mx.nd.load(str(full / "checkpoints" / "epoch-0002" / "arrays.params"))
-    b = mx.nd.load(str(part / "checkpoints" / "epoch-0002" / "arrays.params"))
-    assert sorted(a) == sorted(b)
-    for key in a:
-        assert np.array_equal(a[key].asnumpy(), b[key].asnumpy()), key
+    assert_same_metrics(_metrics(part), _metrics(full))
+    assert_same_checkpoint(full, part, 2)

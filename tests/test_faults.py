@@ -26,7 +26,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import REPO, TINY_ENAS, cli_env, run_cli, write_config
+from conftest import REPO, TINY_ENAS, assert_same_metrics, cli_env, run_cli, write_config
 from lightnas_cli import checkpoint, runner
 from lightnas_cli.cli import app
 from lightnas_cli.config import load_config
@@ -105,11 +105,6 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _same_metrics(got: list[dict], want: list[dict]) -> None:
-    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
-    for a, b in zip(got, want):
-        assert {k: v for k, v in a.items() if k != "seconds"} == \
-            {k: v for k, v in b.items() if k != "seconds"}
 
 
 def _unshare_available() -> bool:
@@ -376,7 +371,7 @@ def test_item_07_disk_full_stops_cleanly_and_resumes_exactly(work: Path, invoke,
     runner.resume_search("full")
     assert not [p for p in run.rglob(".*") if p.name != ".lock"]
     assert _status(run)["status"] == "finished"
-    _same_metrics(_metrics(run), _metrics(work / "trainings" / "base"))
+    assert_same_metrics(_metrics(run), _metrics(work / "trainings" / "base"))
 
 
 @needs_unshare
@@ -613,7 +608,7 @@ def test_item_09_arrays_of_another_model(work: Path, invoke) -> None:
     _, err = assert_ok(invoke(["resume", "foreign1"], work))
     assert "written for another model" in err
     assert (run / "checkpoints" / "corrupt-epoch-0002" / "arrays.params").is_file()
-    _same_metrics(_metrics(run), _metrics(work / "trainings" / "base"))
+    assert_same_metrics(_metrics(run), _metrics(work / "trainings" / "base"))
 
 
 def test_item_09_a_checkpoint_that_is_a_file(work: Path, invoke) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli_env, run_cli, write_config
+from conftest import assert_same_checkpoint, assert_same_metrics, cli_env, run_cli, write_config
 
 TINY_PIT = {
     "method": "pit",
@@ -110,15 +110,8 @@ def test_resume_is_exact(workdir: Path):
     import mxnet as mx
 
     full, part = workdir / "trainings" / "full", workdir / "trainings" / "part"
-
-    def strip(run: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(run)]
-
-    assert strip(part) == strip(full)
-    a = mx.nd.load(str(full / "checkpoints" / "epoch-0003" / "arrays.params"))
-    b = mx.nd.load(str(part / "checkpoints" / "epoch-0003" / "arrays.params"))
-    assert sorted(a) == sorted(b)
-    assert all(np.array_equal(a[k].asnumpy(), b[k].asnumpy()) for k in a)
+    assert_same_metrics(read_metrics(part), read_metrics(full))
+    assert_same_checkpoint(full, part, 3)
 
 
 def test_export_command_and_architecture_edit(workdir: Path, tmp_path: Path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env
+from conftest import REPO, assert_same_metrics, cli_env
 
 #: mock config -> (model, ENAS decisions: one per residual block)
 CASES = {"enas_resnet18_v1": ("resnet18_v1", 8), "enas_resnet50_v2": ("resnet50_v2", 16)}
@@ -80,9 +80,7 @@ def test_resume_after_epoch_one_matches_the_uninterrupted_run(searched) -> None:
     assert "resuming crashed from epoch 1" in result.stdout + result.stderr
     reference, resumed = _metrics(full), _metrics(crashed)
     assert [r["epoch"] for r in resumed] == [1, 2]
-    for before, after in zip(reference, resumed):
-        assert {k: v for k, v in before.items() if k != "seconds"} == \
-            {k: v for k, v in after.items() if k != "seconds"}
+    assert_same_metrics(resumed, reference)
     assert json.loads((crashed / "logs/architectures/epoch_2.json").read_text()) == \
         json.loads((full / "logs/architectures/epoch_2.json").read_text())
 

@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TINY_ENAS, cli_env, kill_during_epoch_two, run_cli, write_config
+from conftest import (TINY_ENAS, assert_same_metrics, cli_env, kill_during_epoch_two, run_cli,
+                      write_config)
 
 CONFIG = {**TINY_ENAS,
           "train": {**TINY_ENAS["train"], "epochs": 3},
@@ -42,10 +43,7 @@ def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted(tmp_path: Pa
     reference = _metrics(tmp_path / "trainings" / "full")
     continued = _metrics(run)
     assert [r["epoch"] for r in continued] == [1, 2, 3]
-    for before, after in zip(reference, continued):
-        for key, value in before.items():
-            if key != "seconds":
-                assert after[key] == value, (before["epoch"], key, value, after[key])
+    assert_same_metrics(continued, reference)
     arch_full = json.loads((tmp_path / "trainings/full/logs/architectures/epoch_3.json").read_text())
     arch_resumed = json.loads((run / "logs/architectures/epoch_3.json").read_text())
     assert arch_resumed == arch_full
@@ -97,9 +95,7 @@ def test_resume_from_an_earlier_epoch_moves_later_files_aside_and_reruns_them(
     # Same config, same checkpoint: epochs 2 and 3 come out as they did the first time.
     rerun = _metrics(run)
     assert [r["epoch"] for r in rerun] == [1, 2, 3]
-    for before, after in zip(reference, rerun):
-        assert {k: v for k, v in before.items() if k != "seconds"} == \
-               {k: v for k, v in after.items() if k != "seconds"}
+    assert_same_metrics(rerun, reference)
     assert (run / "checkpoints" / "latest").read_text().strip() == "epoch-0003"
     assert (run / "exported_models" / "epoch-0003" / "inference_only").is_dir()
     assert json.loads((run / "run.json").read_text())["status"] == "finished"

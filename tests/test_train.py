@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mxnet import nd
 
-from conftest import TINY_ENAS, kill_during_epoch_two, run_cli, write_config
+from conftest import TINY_ENAS, assert_same_metrics, kill_during_epoch_two, run_cli, write_config
 from test_cli import tree_digest
 from test_pit_method import TINY_PIT
 
@@ -184,9 +184,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_train_run(work: Path) -> 
     ok(run_cli(["resume", "t_killed"], work))
     full, resumed = metrics(work / "trainings" / "t_full"), metrics(run)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
-    for a, b in zip(full, resumed):
-        assert {k: v for k, v in a.items() if k != "seconds"} == \
-            {k: v for k, v in b.items() if k != "seconds"}
+    assert_same_metrics(resumed, full)
 
 
 @pytest.mark.parametrize("args, message", [
