@@ -204,11 +204,13 @@ def reference_theta(pit: PITModel):
 
 
 @pytest.mark.parametrize("net, shape", [(ResBlockNet, (2, 16)), (ConcatNet, (1, 8))])
-@pytest.mark.parametrize("name", ["size", "macs", "flops"])
+@pytest.mark.parametrize("name", ["size", "macs", "flops", "systolic:s1=4,s2=4,sharpness=5"])
 @pytest.mark.parametrize("scope", ["all", "searchable"])
 def test_fast_regularizer_equals_layer_by_layer_reference(net, shape, name, scope):
     """Values and gradients of the stacked, hybridized regularizer equal the layer-by-layer
-    evaluation of the same cost model, at random masks."""
+    evaluation of the same cost model, at random masks. The systolic model computes fixed
+    counts (ints) with the exact ceiling and soft ones with the smooth one: the fast form must
+    keep fixed counts ints too."""
     pit = PITModel(make(net, "ref_"), shape, exclude_names=["fc"])
     random_masks(pit, 3)
     model = regularizer_cost_model(name)

@@ -157,11 +157,13 @@ class _Template:
     static: dict
     depthwise: bool
     groups: int
+    #: Per field, its value when no mask can change it (an int), else None.
+    constants: tuple = ()
 
     def key(self, fine: bool) -> tuple:
-        """Layers with equal keys may stack: the same operation and field layout (coarse),
-        and the same static description as well (fine)."""
-        coarse = (self.op, len(self.fields), self.depthwise, self.groups)
+        """Layers with equal keys may stack: the same operation, field layout and constant
+        fields (coarse), and the same static description as well (fine)."""
+        coarse = (self.op, len(self.fields), self.depthwise, self.groups, self.constants)
         if not fine:
             return coarse
         static = {k: v for k, v in self.static.items() if k not in ("name", "path")}
@@ -185,6 +187,11 @@ class _Group:
         """The description with `values` (one per field) as its soft fields; `index` names
         the template whose name and path it carries (the first for a stack)."""
         template = self.templates[0 if index is None else index]
+        # A constant field is given as the int the layer-by-layer description has, so cost
+        # models that treat numbers and arrays differently (the systolic model's exact vs
+        # smooth ceiling) see the same description in both evaluations.
+        values = [value if constant is None else constant
+                  for value, constant in zip(values, template.constants)]
         cin, cout, kernel = values[0], values[1], tuple(values[2:])
         groups = cin if template.depthwise else template.groups
         if template.depthwise:
@@ -216,6 +223,8 @@ class StackedCost:
             if not in_scope(entry, scope):
                 continue
             template = self._template(entry)
+            if template is not None:
+                template.constants = tuple(self._constant_value(row) for row in template.fields)
             if template is None:
                 described = layer_description(entry, soft=False)
                 if described is not None:
@@ -260,6 +269,12 @@ class StackedCost:
     def _row(self, slots: np.ndarray) -> np.ndarray:
         return np.bincount(np.asarray(slots, dtype=np.int64),
                            minlength=self.width)[:self.width].astype(np.float32)
+
+    def _constant_value(self, row: np.ndarray) -> int | None:
+        """The value of a field no mask can change (its row counts only the constant 1)."""
+        if np.count_nonzero(row) == 1 and row[self.bank.one] != 0:
+            return int(row[self.bank.one])
+        return None
 
     def _constant_row(self, value: float) -> np.ndarray:
         row = np.zeros(self.width, dtype=np.float32)
