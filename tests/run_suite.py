@@ -43,6 +43,8 @@ SLOW_FILES = {"tests/test_data_streams.py": 58, "tests/test_fbnet_cli.py": 56,
               "tests/test_training.py": 8}
 
 NO_TESTS = 5  # pytest's exit code when it collected nothing
+#: Seconds one test file may run (the slowest takes about one minute) before it is stopped.
+FILE_TIMEOUT = 420
 
 
 @dataclass
@@ -52,6 +54,7 @@ class FileResult:
     seconds: float
     output: str
     crashes: int = 0  # native crashes seen before this result
+    timed_out: bool = False
 
     @property
     def passed(self) -> bool:
@@ -60,6 +63,8 @@ class FileResult:
     @property
     def summary(self) -> str:
         """pytest's last line ("12 passed in 3.41s"), or what went wrong."""
+        if self.timed_out:
+            return f"timed out after {self.seconds:.0f} s; every thread's stack below"
         if self.returncode < 0:
             return f"killed by {signal_name(-self.returncode)}"
         if self.returncode == NO_TESTS:
@@ -84,8 +89,9 @@ class Suite:
     """The pool of pytest processes; `run()` returns every file's result."""
 
     def __init__(self, files: list[str], jobs: int, pytest_args: list[str],
-                 root: Path = REPO) -> None:
+                 root: Path = REPO, timeout: float = FILE_TIMEOUT) -> None:
         self.root = root
+        self.timeout = timeout
         self.pending = list(files)
         self.jobs = jobs
         self.pytest_args = pytest_args
@@ -106,12 +112,30 @@ class Suite:
                                    text=True, start_new_session=True)
         with self.lock:
             self.running.add(process)
+        timed_out = False
         try:
-            output, _ = process.communicate()
+            try:
+                output, _ = process.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                # SIGABRT first: pytest's faulthandler prints every thread's stack, which says
+                # where it hung; then the whole session, CLI processes a test started included.
+                timed_out = True
+                process.send_signal(signal.SIGABRT)
+                try:
+                    output, _ = process.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    output = ""
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                more, _ = process.communicate()
+                output += more or ""
         finally:
             with self.lock:
                 self.running.discard(process)
-        return FileResult(path, process.returncode, time.monotonic() - start, output)
+        return FileResult(path, process.returncode, time.monotonic() - start, output,
+                          timed_out=timed_out)
 
     def _report(self, result: FileResult) -> None:
         with self.lock:
@@ -125,7 +149,7 @@ class Suite:
     def _worker(self) -> None:
         while (path := self._next()) is not None:
             result = self._run_file(path)
-            if result.returncode < 0 and not self.stopping:
+            if result.returncode < 0 and not result.timed_out and not self.stopping:
                 with self.lock:
                     print(f"CRASH {path}: {result.summary}; its output:\n{result.output.rstrip()}"
                           f"\n(running {path} once more in a fresh process)", flush=True)
@@ -173,6 +197,8 @@ def counts(results: list[FileResult]) -> dict[str, int]:
 def main(argv: list[str] | None = None, root: Path = REPO) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="test files run at the same time")
+    parser.add_argument("--file-timeout", type=float, default=FILE_TIMEOUT,
+                        help="seconds one test file may take before it is stopped")
     parser.add_argument("pytest_args", nargs="*", help="passed to every pytest (after --)")
     args = parser.parse_args(argv)
     files = ordered_files(root)
@@ -181,7 +207,8 @@ def main(argv: list[str] | None = None, root: Path = REPO) -> int:
         return 1
     start = time.monotonic()
     try:
-        results = Suite(files, max(1, args.jobs), args.pytest_args, root).run()
+        results = Suite(files, max(1, args.jobs), args.pytest_args, root,
+                        args.file_timeout).run()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -60,3 +60,11 @@ def test_slow_files_start_first():
     assert order[0] == slowest
     assert set(order) == {str(p.relative_to(run_suite.REPO))
                           for p in (run_suite.REPO / "tests").glob("test_*.py")}
+
+
+def test_a_hung_file_is_stopped_with_its_stack_and_fails_the_suite(tmp_path, capsys):
+    make_suite(tmp_path, {"test_hang.py": "import time\n\ndef test_hang():\n    time.sleep(600)\n"})
+    assert run_suite.main(["--jobs", "1", "--file-timeout", "3"], root=tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "timed out after" in out and "CRASH" not in out
+    assert "test_hang" in out.split("timed out after")[1]  # faulthandler's stack names it
