@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import time
 import warnings
 from contextlib import contextmanager
@@ -23,6 +24,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 _MXBOARD_WARNED = False
+#: Characters TensorBoard accepts in a tag; mxboard replaces the others with "_" and warns on
+#: every call (cost names carry options, e.g. "systolic:s1=8,s2=8").
+_TAG_UNSAFE = re.compile(r"[^-/\w.]")
 
 # Dark to bright (viridis anchors); the sum of R+G+B rises monotonically along it.
 _COLORMAP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98],
@@ -200,7 +204,8 @@ class RunLogger:
         for key, value in metrics.items():
             if _is_number(value):
                 tag = f"{prefix.rstrip('/')}/{key}" if prefix else str(key)
-                self.writer.add_scalar(tag, float(value), global_step=step)
+                self.writer.add_scalar(_TAG_UNSAFE.sub("_", tag), float(value),
+                                       global_step=step)
 
     def heatmap(self, tag: str, values: list[list[float]], step: int,
                 row_labels: list[str] | None = None,

@@ -118,6 +118,16 @@ def test_event_file_holds_scalar_tags_and_heatmap(tmp_path: Path) -> None:
     assert np.unravel_index(centres.argmin(), centres.shape) in {(1, 0), (1, 2)}
 
 
+def test_cost_names_with_options_become_legal_tags_without_warnings(tmp_path: Path,
+                                                                    caplog) -> None:
+    with RunLogger(tmp_path / "logs", console=Console(file=io.StringIO())) as logger:
+        logger.scalars({"systolic:s1=8,s2=8": 512.0}, step=1, prefix="cost")
+        logger.flush()
+    data = next((tmp_path / "logs").glob("events.out.tfevents.*")).read_bytes()
+    assert b"cost/systolic_s1_8_s2_8" in data
+    assert "illegal" not in caplog.text
+
+
 def test_heatmap_of_decisions_with_different_option_counts(tmp_path: Path) -> None:
     """Rows of 2, 4 and 1 options: the image pads short rows (black), the text names each
     row's own options."""
