@@ -330,20 +330,8 @@ class ResNet(StagedResNet):
             "activation": check_activation(activation),
             "binary_padding": check_binary_padding(binary_padding)}
 
-        with self.name_scope():
-            self.features = nn.HybridSequential(prefix="")
-            with self.features.name_scope():
-                self.features.add(*self._make_stem())
-                first_stage = len(self.features)
-                channels = self.base_channels
-                for index, (count, width) in enumerate(zip(self.stages, self.widths)):
-                    self.features.add(self._make_stage(index, count, channels, width))
-                    channels = width
-                self._stage_indices = tuple(range(first_stage, len(self.features)))
-                if self.version == 2:
-                    self.features.add(nn.BatchNorm(in_channels=channels))
-                self.features.add(nn.Activation("relu"), nn.GlobalAvgPool2D(), nn.Flatten())
-            self.output = nn.Dense(self.classes, in_units=channels)
+        # V2 blocks end without a norm, so the head normalises first (He et al. 2016b).
+        self._build_network(final_norm=self.version == 2)
 
     def _make_stem(self) -> list[gluon.HybridBlock]:
         # Full precision; in_channels=0 lets the first convolution follow the data.

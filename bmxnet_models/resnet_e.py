@@ -159,6 +159,26 @@ class StagedResNet(gluon.HybridBlock):
     def hybrid_forward(self, F: Any, x: Any) -> Any:
         return self.output(self.features(x))
 
+    def _build_network(self, final_norm: bool) -> None:
+        """`features` (the subclass's `_make_stem`, one `_make_stage` per stage, [BatchNorm,]
+        ReLU, global pooling) and the `output` classifier, in this block's name scope."""
+        with self.name_scope():
+            self.features = nn.HybridSequential(prefix="")
+            with self.features.name_scope():
+                self.features.add(*self._make_stem())
+                first_stage = len(self.features)
+                channels = self.base_channels
+                for index, (count, width) in enumerate(zip(self.stages, self.widths)):
+                    self.features.add(self._make_stage(index, count, channels, width))
+                    channels = width
+                # Indices of the stage containers inside ``features`` (a list of Blocks as an
+                # attribute would be an unregistered container to gluon).
+                self._stage_indices = tuple(range(first_stage, len(self.features)))
+                if final_norm:
+                    self.features.add(nn.BatchNorm(in_channels=channels))
+                self.features.add(nn.Activation("relu"), nn.GlobalAvgPool2D(), nn.Flatten())
+            self.output = nn.Dense(self.classes, in_units=channels)
+
 
 class ResNetE(StagedResNet):
     """ResNet-E network (NCHW, any input size) as a plain model or an ENAS supernet.
@@ -198,21 +218,7 @@ class ResNetE(StagedResNet):
         self.enas = bool(enas)
         self.bits = check_bits(bits)
 
-        with self.name_scope():
-            self.features = nn.HybridSequential(prefix="")
-            with self.features.name_scope():
-                self.features.add(*self._make_stem())
-                first_stage = len(self.features)
-                channels = self.base_channels
-                for index, (count, width) in enumerate(zip(self.stages, self.widths)):
-                    self.features.add(self._make_stage(index, count, channels, width))
-                    channels = width
-                # Indices of the stage containers inside ``features`` (a list of Blocks as an
-                # attribute would be an unregistered container to gluon).
-                self._stage_indices = tuple(range(first_stage, len(self.features)))
-                self.features.add(nn.BatchNorm(in_channels=channels), nn.Activation("relu"),
-                                  nn.GlobalAvgPool2D(), nn.Flatten())
-            self.output = nn.Dense(self.classes, in_units=channels)
+        self._build_network(final_norm=True)
 
     def _make_stem(self) -> list[gluon.HybridBlock]:
         # First convolution in full precision; in_channels=0 lets it follow the data.
