@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Callable, Sequence
 import mxnet as mx
 from omegaconf import DictConfig
 
-from lightnas_cli import checkpoint, config as config_mod, data as data_mod, viz
+from lightnas_cli import checkpoint, config as config_mod, data as data_mod, interrupts, viz
 from lightnas_cli.devices import parse_contexts
 from lightnas_cli.errors import (CheckpointError, ConfigError, DiskFullError, DivergedError,
                                  LightNASError, RunError)
@@ -303,10 +302,10 @@ def _run_loop(run: RunDir, cfg: DictConfig, method, history: list[dict], start: 
               logger_factory) -> None:
     """Epochs `start`..train.epochs, then the final export; the caller holds the run's lock.
     The method gets the run's logger here (it was built with a quiet one)."""
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminate)
     logger = None
     try:
-        with (logger_factory(run.logs) if _writes() else _quiet_logger(logger_factory)) \
+        with interrupts.stop_on_signals(), \
+                (logger_factory(run.logs) if _writes() else _quiet_logger(logger_factory)) \
                 as logger:
             method.logger = logger
             logger.text("run/config", _code_block(config_mod.to_yaml(cfg)), 0)
@@ -330,8 +329,6 @@ def _run_loop(run: RunDir, cfg: DictConfig, method, history: list[dict], start: 
             _stopped_by_file_system(run, exc, history[-1]["epoch"] if history else start - 1)
         _mark(run, "failed")
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def _mark(run: RunDir, status: str) -> bool:
@@ -391,11 +388,6 @@ def _diverged_message(run: RunDir, cfg: DictConfig, epoch: int, exc: DivergedErr
             f"another run.name")
 
 
-def _raise_terminate(signum, frame):
-    """`kill` (SIGTERM) stops a run like Ctrl-C: marked interrupted, resumable."""
-    raise KeyboardInterrupt()
-
-
 def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: int,
                history: list[dict]) -> dict:
     seed_everything(cfg.seed, "epoch", epoch)
@@ -407,6 +399,7 @@ def _one_epoch(run: RunDir, cfg: DictConfig, method, logger: RunLogger, epoch: i
     architecture = method.derive()
     record["cost"] = architecture.costs.get("cost")
     record["seconds"] = round(time.time() - started, 3)
+    interrupts.check()  # a stop whose KeyboardInterrupt a finalizer swallowed: no checkpoint
     if not _writes():  # a launched worker other than rank 0: same epoch, no files
         return record
     # Logs and graphs are re-made identically if this epoch is re-run after a crash.

@@ -19,10 +19,12 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Sequence
 
+from lightnas_cli import interrupts
 from lightnas_cli.errors import ConfigError
 
 #: The lightnas commands a launch can run on its workers.
@@ -263,19 +265,19 @@ class Launch:
     # --- the run --------------------------------------------------------------------------
     def run(self, poll_s: float = 0.2) -> int:
         """Start every role and wait for the end; returns the launch's exit code."""
-        previous = signal.signal(signal.SIGTERM, _interrupt) \
-            if threading.current_thread() is threading.main_thread() else None
+        # SIGTERM stops the launcher like Ctrl-C: every role is stopped first.
+        signals = interrupts.stop_on_signals() \
+            if threading.current_thread() is threading.main_thread() else nullcontext()
         try:
-            for role in self.roles:
-                self._start(role)
-            return self._watch(poll_s)
+            with signals:
+                for role in self.roles:
+                    self._start(role)
+                return self._watch(poll_s)
         except KeyboardInterrupt:
             self._say("interrupted: stopping every role")
             return 130
         finally:
             self.stop()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
 
     def _watch(self, poll_s: float) -> int:
         """0 once every worker ended well (and the scheduler and servers with them, or
@@ -285,6 +287,7 @@ class Launch:
         workers = [role for role in self.roles if role.kind == "worker"]
         finished_at = None  # when every worker had ended well, or a server ended first
         while True:
+            interrupts.check()
             for role in self.roles:
                 code = role.process.poll()
                 if code:
@@ -323,11 +326,6 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _interrupt(signum, frame):
-    """SIGTERM to the launcher stops it like Ctrl-C: every role is stopped first."""
-    raise KeyboardInterrupt()
 
 
 def launch(command: Sequence[str], workers: int, servers: int = 1, hosts_file: Path | None = None,

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
+from lightnas_cli import interrupts
 from lightnas_cli.checkpoint import load_trainer_state, trainer_state
 from lightnas_cli.errors import ArchitectureError, ConfigError, DivergedError
 from lightnas_cli.launch import world as launch_world
@@ -356,6 +357,7 @@ def evaluate(net: Callable, loader: Iterable, task: Task, contexts: Sequence[mx.
     workers' shards of it, in a launched run)."""
     totals = MetricTotals(task)
     for data, label in loader:
+        interrupts.check()
         if data.shape[0]:
             evaluate_batch(net, data, label, task, contexts, totals)
     return over_workers(totals, split).result(split)
@@ -424,6 +426,7 @@ class EpochTrainer:
         totals = MetricTotals(self.task)
         workers = launch_world.current().size
         for index, (data, label) in enumerate(loader):
+            interrupts.check()
             self.trainer.set_learning_rate(schedule(self.global_step))
             if before_step is not None:
                 before_step(index)
