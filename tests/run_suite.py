@@ -53,7 +53,7 @@ class FileResult:
     returncode: int
     seconds: float
     output: str
-    crashes: int = 0  # native crashes seen before this result
+    rerun_after_crash: bool = False
     timed_out: bool = False
 
     @property
@@ -122,15 +122,14 @@ class Suite:
                 timed_out = True
                 process.send_signal(signal.SIGABRT)
                 try:
-                    output, _ = process.communicate(timeout=10)
+                    process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
-                    output = ""
+                    pass
                 try:
                     os.killpg(process.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                more, _ = process.communicate()
-                output += more or ""
+                output, _ = process.communicate()  # everything, from the start
         finally:
             with self.lock:
                 self.running.discard(process)
@@ -154,7 +153,7 @@ class Suite:
                     print(f"CRASH {path}: {result.summary}; its output:\n{result.output.rstrip()}"
                           f"\n(running {path} once more in a fresh process)", flush=True)
                 result = self._run_file(path)
-                result.crashes = 1
+                result.rerun_after_crash = True
             self._report(result)
 
     def stop(self) -> None:
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None, root: Path = REPO) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     failed = [r for r in results if not r.passed]
-    crashed = [r for r in results if r.crashes]
+    crashed = [r for r in results if r.rerun_after_crash]
     tally = ", ".join(f"{n} {word}" for word, n in sorted(counts(results).items()))
     print(f"{len(results)} of {len(files)} test files ran ({tally}); "
           f"wall time {time.monotonic() - start:.0f} s")
