@@ -361,7 +361,6 @@ class ResNet(StagedResNet):
         return stage
 
 
-
 def _constructor(depth: int, version: int):
     """The public ``resnetNN_vK`` function: explicit options (the registry reads them)."""
 

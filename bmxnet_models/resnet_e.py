@@ -246,7 +246,6 @@ class ResNetE(StagedResNet):
         return BasicBlockEnas(channels, stride, in_channels, bits=self.bits, **options)
 
 
-
 def resnet_e18(classes: int = 1000, stem: str = "thumbnail", base_channels: int = 64,
                grad_cancel: float = 1.0, weight_scaling: str = "none", in_channels: int = 3,
                enas: bool = False, bits: int = 1, activation: str = "det_sign",

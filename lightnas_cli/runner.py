@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import mxnet as mx
 from omegaconf import DictConfig
@@ -68,6 +68,17 @@ def _quiet_logger(logger_factory) -> RunLogger:
     return logger_factory(Path(os.devnull), tensorboard=False)
 
 
+def _build_method(cfg: DictConfig, logger_factory) -> tuple[Any, RunLogger]:
+    """The configured method on its data and devices, with a quiet logger (the run's own
+    reaches it in `_run_loop`); every start, resume and launched worker builds it alike."""
+    contexts = parse_contexts(list(cfg.train.contexts))
+    method_class = get_method(cfg.method)
+    data = data_mod.load(cfg.data, cfg.seed, cfg.train.batch_size)
+    seed_everything(cfg.seed, "setup")
+    quiet = _quiet_logger(logger_factory)
+    return method_class(cfg, data, contexts, quiet), quiet
+
+
 def _writes() -> bool:
     """Whether this process writes the run folder: always, except in the workers of
     `lightnas launch` other than rank 0 (they compute the same epochs, silently)."""
@@ -96,12 +107,7 @@ def start_run(cfg: DictConfig, logger_factory=RunLogger, autosave: bool = False,
     root = Path(cfg.run.root)
     if world.writes:
         check_can_create(root, name)
-    contexts = parse_contexts(list(cfg.train.contexts))
-    method_class = get_method(cfg.method)
-    data = data_mod.load(cfg.data, cfg.seed, cfg.train.batch_size)
-    seed_everything(cfg.seed, "setup")
-    quiet = _quiet_logger(logger_factory)
-    method = method_class(cfg, data, contexts, quiet)
+    method, quiet = _build_method(cfg, logger_factory)
     cfg.run.name = name
     if not world.writes:  # another launched worker: rank 0 writes the folder
         _run_loop(RunDir(root / name), cfg, method, [], 1, logger_factory)
@@ -227,11 +233,7 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
         _follow_resume(run, cfg, logger_factory)
         return run
     with run.lock():
-        contexts = parse_contexts(list(cfg.train.contexts))
-        data = data_mod.load(cfg.data, cfg.seed, cfg.train.batch_size)
-        seed_everything(cfg.seed, "setup")
-        quiet = _quiet_logger(logger_factory)
-        method = get_method(cfg.method)(cfg, data, contexts, quiet)
+        method, quiet = _build_method(cfg, logger_factory)
         ckpt = checkpoint.load(run.checkpoints, from_epoch, warn=quiet.warn,
                                check=_state_check(method))
         world.broadcast_json("resume/epoch", ckpt.epoch)  # the other workers load this one
@@ -270,11 +272,7 @@ def resume_search(reference: str, epochs: int | None = None, root: Path = Path("
 def _follow_resume(run: RunDir, cfg: DictConfig, logger_factory) -> None:
     """`resume` in a launched worker other than rank 0: the same method, loaded from the
     checkpoint rank 0 chose, then the same epochs; nothing is written."""
-    contexts = parse_contexts(list(cfg.train.contexts))
-    data = data_mod.load(cfg.data, cfg.seed, cfg.train.batch_size)
-    seed_everything(cfg.seed, "setup")
-    quiet = _quiet_logger(logger_factory)
-    method = get_method(cfg.method)(cfg, data, contexts, quiet)
+    method, _ = _build_method(cfg, logger_factory)
     epoch = launch_world.current().broadcast_json("resume/epoch", None)
     ckpt = checkpoint.load(run.checkpoints, epoch, check=_state_check(method))
     _load_method_state(method, ckpt)

@@ -40,11 +40,11 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 #: Temporaries a writer of this package leaves when killed or stopped by a full disk
 #: (files.atomic_write's `.*.tmp`, checkpoint and export staging folders `.tmp-*`, swapped-out
 #: exports `.old-*`, and `.NAME.tmp-PID` files of earlier versions).
+TEMPORARY_PATTERNS = (".*.tmp", ".tmp-*", ".old-*", ".*.tmp-*")
 #: Per-epoch entries: `checkpoints/epoch-NNNN`, `exported_models/epoch-NNNN`, and the
 #: architecture files `logs/architectures/epoch_N.json|.png|.dot|.txt`.
-_EPOCH_ENTRY = re.compile(r"epoch-(\d+)")
+_EPOCH_ENTRY = re.compile(r"epoch-(\d+)\Z")
 _ARCHITECTURE_ENTRY = re.compile(r"epoch_(\d+)\.")
-TEMPORARY_PATTERNS = (".*.tmp", ".tmp-*", ".old-*", ".*.tmp-*")
 
 _INT, _NUMBER, _NONE = (int,), (int, float), (type(None),)
 #: Types of the run.json fields LightNAS reads; other fields (test metrics) are free.
@@ -326,15 +326,13 @@ class RunDir:
         goes on from `epoch` without deleting what it replaces. Call under `lock`.
         Returns the folder, or None when nothing was newer."""
         newer: list[Path] = []
-        for folder in (self.checkpoints, self.exported):
+        for folder, entry in ((self.checkpoints, _EPOCH_ENTRY), (self.exported, _EPOCH_ENTRY),
+                              (self.architectures, _ARCHITECTURE_ENTRY)):
             if folder.is_dir():
-                newer += [p for p in folder.iterdir()
-                          if _EPOCH_ENTRY.fullmatch(p.name)
-                          and int(_EPOCH_ENTRY.fullmatch(p.name).group(1)) > epoch]
-        if self.architectures.is_dir():
-            newer += [p for p in self.architectures.iterdir()
-                      if _ARCHITECTURE_ENTRY.match(p.name)
-                      and int(_ARCHITECTURE_ENTRY.match(p.name).group(1)) > epoch]
+                for path in folder.iterdir():
+                    found = entry.match(path.name)
+                    if found and int(found.group(1)) > epoch:
+                        newer.append(path)
         if not newer:
             return None
         target = unused_name(self.superseded / f"from-epoch-{epoch:04d}")

@@ -70,6 +70,22 @@ def batch_bounds(num_samples: int, batch_size: int, last_batch: str,
     return bounds
 
 
+def make_shard(loader: object, rank: int, count: int) -> Shard:
+    """Shard `rank` of `count` of every batch of `loader` (a ValueError where it cannot be:
+    `check_shard` tells a user why first)."""
+    shard = Shard(int(rank), int(count))
+    if not 0 <= shard.rank < shard.count or (
+            shard.count > 1 and shard.count > min(loader.num_samples, loader.batch_size)):
+        raise ValueError(f"cannot split {loader!r} into {shard.count} shards")
+    return shard
+
+
+def step_samples(bounds: list[tuple[int, int]], index: int) -> int:
+    """Samples of batch `index` over all shards: what a step's gradient averages over."""
+    start, stop = bounds[index]
+    return stop - start
+
+
 def check_shard(split: str, num_samples: int, batch_size: int, shard: Shard) -> None:
     """Refuse a sharding that would leave a worker without samples."""
     if shard.count < 1 or not 0 <= shard.rank < shard.count:
@@ -138,18 +154,13 @@ class ArrayLoader:
     def set_shard(self, rank: int, count: int) -> None:
         """Read only shard `rank` of `count` of every batch (a launched worker's part);
         `check_shard` first tells a user why a sharding cannot work."""
-        shard = Shard(int(rank), int(count))
-        if not 0 <= shard.rank < shard.count or (
-                shard.count > 1 and shard.count > min(self.num_samples, self.batch_size)):
-            raise ValueError(f"cannot split {self!r} into {shard.count} shards")
-        self.shard = shard
+        self.shard = make_shard(self, rank, count)
         self._bounds = batch_bounds(self.num_samples, self.batch_size, self.last_batch,
-                                    shard.count)
+                                    self.shard.count)
 
     def step_samples(self, index: int) -> int:
         """Samples of batch `index` over all shards: what a step's gradient averages over."""
-        start, stop = self._bounds[index]
-        return stop - start
+        return step_samples(self._bounds, index)
 
     def set_epoch(self, seed: int, epoch: int) -> None:
         """Select the shuffle order and augmentation of `epoch` (a pure function of both)."""

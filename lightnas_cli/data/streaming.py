@@ -29,7 +29,8 @@ from mxnet import gluon
 from mxnet.base import MXNetError
 from mxnet.ndarray.ndarray import array as dense_array  # mx.nd.array warns per call (scipy check)
 
-from lightnas_cli.data.loader import TAG_AUGMENT, Shard, batch_bounds, epoch_order
+from lightnas_cli.data.loader import (TAG_AUGMENT, Shard, batch_bounds, epoch_order, make_shard,
+                                      step_samples)
 from lightnas_cli.data.recordio import RecordFile, check_label
 from lightnas_cli.errors import DataError
 from lightnas_cli.seeding import derive_seed
@@ -310,18 +311,14 @@ class StreamLoader:
 
     def set_shard(self, rank: int, count: int) -> None:
         """Read (and decode) only shard `rank` of `count` of every batch."""
-        shard = Shard(int(rank), int(count))
-        if not 0 <= shard.rank < shard.count or (
-                shard.count > 1 and shard.count > min(self.num_samples, self.batch_size)):
-            raise ValueError(f"cannot split {self!r} into {shard.count} shards")
+        shard = make_shard(self, rank, count)
         if self._loader is not None:
             raise RuntimeError("set_shard must come before the first iteration")
         self.sampler.set_shard(shard)
 
     def step_samples(self, index: int) -> int:
         """Samples of batch `index` over all shards: what a step's gradient averages over."""
-        start, stop = self.sampler.bounds[index]
-        return stop - start
+        return step_samples(self.sampler.bounds, index)
 
     def _data_loader(self) -> gluon.data.DataLoader:
         global _STARTING_WORKERS

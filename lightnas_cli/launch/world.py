@@ -239,11 +239,7 @@ class World:
             return
         values = [p._reduce().asnumpy() for p in params]
         flat = np.concatenate([v.reshape(-1).astype(np.float64) for v in values])
-        rows = self.allgather(tag, flat)
-        mean = rows[0].copy()
-        for row in rows[1:]:
-            mean += row
-        mean /= self.size
+        mean = self.sum(tag, flat) / self.size
         start = 0
         for param, value in zip(params, values):
             part = mean[start:start + value.size].reshape(value.shape).astype(value.dtype)
@@ -321,8 +317,6 @@ def state_digest(arrays: dict, json_state: Any) -> str:
         digest.update(np.ascontiguousarray(value).tobytes())
     digest.update(json.dumps(json_state, sort_keys=True, default=str).encode("utf-8"))
     return digest.hexdigest()
-
-
 
 
 def announce_state(method: Any) -> None:

@@ -76,6 +76,21 @@ def restore_parameters(named: dict[str, gluon.Parameter], arrays: dict, prefix: 
         param.set_data(arrays[name])
 
 
+def hybridize_for_training(net: Any, wanted: bool, normalises_1d: Callable[[], bool],
+                           logger: Any, method: str) -> None:
+    """Hybridize `net` when the config asks (`train.hybridize`), unless a plain batch norm in
+    it normalises 1-D (N x C x L) data (`normalises_1d()`, asked only then): MXNet 1.9.1's
+    oneDNN backward of such a hybridized batch norm fails ("Check failed: !is_view"), so the
+    network trains imperatively and the log says why."""
+    if not wanted:
+        return
+    if normalises_1d():
+        logger.info(f"{method}: training imperatively (not hybridized): MXNet 1.9.1 cannot "
+                    f"back-propagate a hybridized batch norm over 1-D (N x C x L) data")
+    else:
+        net.hybridize()
+
+
 def make_trainer(params: Any, optimizer: str, lr: float, contexts: Sequence[mx.Context],
                  weight_decay: float = 0.0, momentum: float | None = None,
                  clip_gradient: float | None = None, kvstore: str = "device") -> gluon.Trainer:

@@ -51,8 +51,9 @@ from lightnas_cli.search.pit.dense import PITDense
 from lightnas_cli.search.pit.model import PITModel
 from lightnas_cli.search.pit.regularizers import REPORTED_COSTS
 from lightnas_cli.search.pit.step import SearchStep
-from lightnas_cli.search.training import (TASKS, evaluate, make_trainer, parameter_arrays,
-                                          restore_parameters, structural_params, weight_trainer)
+from lightnas_cli.search.training import (TASKS, evaluate, hybridize_for_training,
+                                          make_trainer, parameter_arrays, restore_parameters,
+                                          structural_params, weight_trainer)
 from lightnas_cli.seeding import seed_everything
 
 #: The Gluon classes `pit.exclude_types` names (the schema lists the allowed names).
@@ -118,11 +119,8 @@ class PitSearch(SearchMethod):
         scoped = self.model.costs(soft=False, names=(self.cost_name,),
                                   scope=self.pit_cfg.cost_layers)[self.cost_name]
         self.regularizer_full = max(float(scoped), 1.0)
-        if config.train.hybridize and self.model.hybrid_trainable:
-            self.model.hybridize()
-        elif config.train.hybridize:
-            logger.info("pit: training imperatively (not hybridized): MXNet 1.9.1 cannot "
-                        "back-propagate a hybridized batch norm over 1-D (N x C x L) data")
+        hybridize_for_training(self.model, config.train.hybridize,
+                               lambda: not self.model.hybrid_trainable, logger, "pit")
         self.weights = weight_trainer(self.model.net_parameters(), config.train, contexts,
                                      self.task)
         nas = self.model.nas_parameters()

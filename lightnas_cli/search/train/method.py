@@ -21,8 +21,9 @@ from lightnas_cli import costs as cost_models
 from lightnas_cli.errors import ArchitectureError, ConfigError
 from lightnas_cli.search.base import Architecture, SearchMethod, get_method
 from lightnas_cli.search.training import (ClassificationTask, DistillationTask, evaluate,
-                                          parameter_arrays, restore_parameters,
-                                          structural_params, weight_trainer)
+                                          hybridize_for_training, parameter_arrays,
+                                          restore_parameters, structural_params,
+                                          weight_trainer)
 from lightnas_cli.seeding import seed_everything
 
 #: Costs a train run records for its network (cost-model names).
@@ -46,8 +47,7 @@ def copy_parameters(source: gluon.Block, target: gluon.Block) -> None:
 
 
 def _normalises_1d(net: gluon.Block, input_shape: list[int], ctx: mx.Context) -> bool:
-    """Whether a BatchNorm of `net` sees N x C x L data (oneDNN's hybridized batch-norm
-    backward fails on it in MXNet 1.9.1, as PIT found)."""
+    """Whether a BatchNorm of `net` sees N x C x L data (see `hybridize_for_training`)."""
     ranks: list[int] = []
 
     def hook(block: gluon.Block, inputs: Any) -> None:
@@ -94,12 +94,9 @@ class TrainMethod(SearchMethod):
         self.net = self._fresh_network()
         self.net.initialize(_initializer(), ctx=contexts, force_reinit=True)
         self.costs = self._measure(self.net)
-        if config.train.hybridize and not _normalises_1d(self.net, self.input_shape,
-                                                         contexts[0]):
-            self.net.hybridize()
-        elif config.train.hybridize:
-            logger.info("train: training imperatively (not hybridized): MXNet 1.9.1 cannot "
-                        "back-propagate a hybridized batch norm over 1-D (N x C x L) data")
+        hybridize_for_training(self.net, config.train.hybridize,
+                               lambda: _normalises_1d(self.net, self.input_shape, contexts[0]),
+                               logger, "train")
         base = ClassificationTask(config.label_smoothing)
         self.task = base
         if config.distill.teacher:

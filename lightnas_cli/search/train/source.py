@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from lightnas_cli import config as config_mod
-from lightnas_cli.errors import ArchitectureError, ConfigError, LightNASError, RunError
+from lightnas_cli.errors import ArchitectureError, ConfigError, RunError
 from lightnas_cli.files import sha256_file
 from lightnas_cli.runs import RunDir
 from lightnas_cli.search.base import Architecture, get_method
@@ -151,10 +151,7 @@ def train_config(reference: str, config_path: str | None = None,
         base = Path(source["reference"]).name if source["kind"] == "run" else \
             str(data["model"]["name"]).replace(":", "-").replace("/", "-")
         run["name"] = f"train_{base}_{stamp}"[:100]
-    try:
-        cfg = config_mod.load_config(config_path or "train config", overrides, data=data)
-    except LightNASError:
-        raise
+    cfg = config_mod.load_config(config_path or "train config", overrides, data=data)
     if cfg.init == "search" and not cfg.source.run:
         raise ConfigError("init: search needs the search run whose weights to start from; "
                           f"{reference!r} has none (train it from scratch)")
