@@ -287,3 +287,14 @@ def test_reinforce_baseline_is_an_ema_and_policy_learns() -> None:
         sample = controller.run(6, rng=rng)
         reinforce.update(sample.actions, (sample.actions[:, 1] == 2).astype(float))
     assert controller.run(1, greedy=True).actions[0, 1] == 2
+
+
+def test_a_missing_split_is_a_config_error_naming_it():
+    from types import SimpleNamespace
+
+    from lightnas_cli.search.base import SearchMethod
+    holder = SimpleNamespace(data=SimpleNamespace(train="train loader", val=None))
+    assert SearchMethod.split_loader(holder, "train") == "train loader"
+    for split in ("val", "test"):
+        with pytest.raises(ConfigError, match=f"data set has no '{split}' split"):
+            SearchMethod.split_loader(holder, split)

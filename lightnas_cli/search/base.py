@@ -159,6 +159,14 @@ class SearchMethod(abc.ABC):
         """The zoo constructor options of this run's networks (input shape and classes are
         already set on self)."""
 
+    def split_loader(self, split: str) -> Any:
+        """The loader of `split` (train, val, test); a ConfigError when the data set has none
+        (what every `evaluate` reads)."""
+        loader = getattr(self.data, split, None)
+        if loader is None:
+            raise ConfigError(f"data set has no {split!r} split")
+        return loader
+
     def make_architecture(self, decisions: list[Decision], costs: dict) -> Architecture:
         """An Architecture of this run's method, base model, options, input and classes."""
         return Architecture(method=self.name, base_model=self.model_name,

@@ -232,9 +232,7 @@ class DMaskingSearch(SearchMethod):
         return metrics
 
     def evaluate(self, split: str) -> dict:
-        loader = getattr(self.data, split, None)
-        if loader is None:
-            raise ConfigError(f"data set has no {split!r} split")
+        loader = self.split_loader(split)
         self.supernet.configure(mode="argmax", latency=False)
         return evaluate(self.tap, loader, self.task, self.contexts, split)
 

@@ -240,9 +240,7 @@ class EnasSearch(SearchMethod):
         return metrics
 
     def evaluate(self, split: str) -> dict:
-        loader = getattr(self.data, split, None)
-        if loader is None:
-            raise ConfigError(f"data set has no {split!r} split")
+        loader = self.split_loader(split)
         self._select(self.controller.run(1, greedy=True).actions[0])
         return evaluate(self.supernet, loader, self.task, self.contexts, split)
 

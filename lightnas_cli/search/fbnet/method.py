@@ -40,7 +40,7 @@ import bmxnet_models
 from bmxnet_models.fbnet import margin_logits
 from lightnas_cli import costs
 from lightnas_cli.costs.latency_table import LatencyTable, entry_key
-from lightnas_cli.errors import ArchitectureError, ConfigError
+from lightnas_cli.errors import ArchitectureError
 from lightnas_cli.search.base import Architecture, Decision, SearchMethod
 from lightnas_cli.search.fbnet import space as fbnet_space
 from lightnas_cli.search.fbnet.supernet import FBNetSupernet
@@ -267,9 +267,7 @@ class FBNetSearch(SearchMethod):
         return metrics
 
     def evaluate(self, split: str) -> dict:
-        loader = getattr(self.data, split, None)
-        if loader is None:
-            raise ConfigError(f"data set has no {split!r} split")
+        loader = self.split_loader(split)
         architecture = self.derive()
         net = self.build(architecture)
         self._recalibrate(net, self._choices(architecture))

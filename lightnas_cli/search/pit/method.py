@@ -203,9 +203,7 @@ class PitSearch(SearchMethod):
         self.logger.scalars(values, epoch)
 
     def evaluate(self, split: str) -> dict:
-        loader = getattr(self.data, split, None)
-        if loader is None:
-            raise ConfigError(f"data set has no {split!r} split")
+        loader = self.split_loader(split)
         return evaluate(self.model, loader, self.task, self.contexts, split)
 
     # --- architectures ------------------------------------------------------------------

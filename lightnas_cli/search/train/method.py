@@ -208,9 +208,7 @@ class TrainMethod(SearchMethod):
             return self.weights.train_epoch(self.net, loader, progress)
 
     def evaluate(self, split: str) -> dict:
-        loader = getattr(self.data, split, None)
-        if loader is None:
-            raise ConfigError(f"data set has no {split!r} split")
+        loader = self.split_loader(split)
         return evaluate(self.net, loader, self.eval_task, self.contexts, split)
 
     def derive(self) -> Architecture:
